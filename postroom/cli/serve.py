@@ -1,0 +1,289 @@
+"""``postroom serve``: run a node in the foreground until SIGTERM/SIGINT.
+
+Process model
+-------------
+With ``smtp.workers = 1`` everything runs in this process. With more,
+this process becomes a small supervisor (the shape of Postfix's master):
+
+1. It binds every listening socket itself, so a port already in use is
+   one clear error before anything starts, and so the sockets outlive
+   any one worker: connections waiting in the backlog are not lost
+   when a worker dies.
+2. It recovers every spool under the spool directory, including those
+   of workers that a smaller ``workers`` setting no longer starts.
+3. It forks the workers. Each has its own event loop, its own spool
+   (``w1``, ``w2``, ...) with its own writer thread and lock, and its own
+   database connections; they share only the listening sockets, which
+   the kernel hands to whichever worker accepts first. Python holds one
+   core per process, so this is how a node uses a second core.
+4. It restarts a worker that dies (``kill -9`` included); the new worker
+   recovers the dead one's spool before it accepts mail. A worker exits
+   by itself when the supervisor dies (``PR_SET_PDEATHSIG``).
+5. SIGTERM or SIGINT is passed on to every worker, which finishes the
+   transactions in flight (see ``SmtpServer.stop``); the supervisor exits
+   once all of them have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from postroom import logs
+from postroom.config import Config, Listener
+from postroom.errors import ConfigError
+
+log = logging.getLogger("postroom.serve")
+
+# A worker that dies this many times within RESTART_WINDOW seconds is
+# not restarted again: something is wrong that restarting will not fix.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the mail server in the foreground")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from postroom.cli.common import load_config
+
+    config = load_config(args)
+    logs.setup(config.log.level)
+    return serve(config)
+
+
+def worker_count(config: Config) -> int:
+    """``smtp.workers``, with 0 meaning one per core (at most 4)."""
+    if config.smtp.workers:
+        return config.smtp.workers
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def serve(config: Config) -> int:
+    """Run until a signal; return the process exit status."""
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    sockets = bind_listeners(config.smtp.listeners)
+    workers = worker_count(config)
+    if workers == 1:
+        return _run_loop(_worker(config, sockets, spool_name="main"))
+    _run_loop(_recover_all(config))
+    return Supervisor(config, sockets, workers).run()
+
+
+def bind_listeners(listeners: list[Listener]) -> dict[str, socket.socket]:
+    """Bind and listen on every configured address; ConfigError if one
+    cannot be had."""
+    sockets: dict[str, socket.socket] = {}
+    for listener in listeners:
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listener.host, listener.port))
+            sock.listen(1024)
+        except OSError as e:
+            sock.close()
+            for other in sockets.values():
+                other.close()
+            raise ConfigError(
+                f"smtp.listeners: cannot listen on "
+                f"{listener.host}:{listener.port}: {e.strerror}"
+            ) from None
+        sock.setblocking(False)
+        sockets[listener.name] = sock
+    return sockets
+
+
+def _run_loop(coro: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    result: int = uvloop.run(coro)  # type: ignore[arg-type]
+    return result
+
+
+async def _recover_all(config: Config) -> int:
+    from postroom.queue.spool import recover_all
+    from postroom.store.db import create_engine
+
+    engine = create_engine(config.database_url)
+    try:
+        await recover_all(config.spool_path, engine)
+    finally:
+        engine.dispose()
+    return 0
+
+
+async def _worker(
+    config: Config,
+    sockets: dict[str, socket.socket],
+    *,
+    spool_name: str,
+    workers: int = 1,
+) -> int:
+    """One worker: spool, SMTP listeners, until SIGTERM/SIGINT."""
+    from postroom.queue.spool import Spool
+    from postroom.server import tls
+    from postroom.server.auth import Authenticator
+    from postroom.server.smtpd import SmtpServer
+    from postroom.store.db import create_engine
+
+    engine = create_engine(config.database_url)
+    spool = Spool(
+        config.spool_path,
+        engine,
+        name=spool_name,
+        fsync=config.queue.fsync,
+        segment_size=config.queue.segment_size,
+    )
+    await spool.start()
+    server = SmtpServer(
+        config,
+        spool,
+        authenticator=Authenticator(engine),
+        tls_context=tls.server_context(config)
+        if config.tls.cert_file or config.tls.self_signed
+        else None,
+        workers=workers,
+    )
+    await server.start(sockets)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if workers == 1:
+        _announce(config)
+    await stop.wait()
+    await server.stop()
+    await spool.close()
+    engine.dispose()
+    return 0
+
+
+def _announce(config: Config) -> None:
+    where = ", ".join(
+        f"{lst.kind} {lst.host}:{lst.port}" for lst in config.smtp.listeners
+    )
+    print(
+        f"postroom: serving SMTP on {where}; data in {config.data_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class Supervisor:
+    """Forks, watches and stops the workers (see the module docstring)."""
+
+    def __init__(
+        self, config: Config, sockets: dict[str, socket.socket], workers: int
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.workers = workers
+        self.children: dict[int, int] = {}  # pid -> worker number
+        self.deaths: list[float] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for number in range(1, self.workers + 1):
+            self._start(number)
+        _announce(self.config)
+        status = 0
+        while self.children:
+            try:
+                pid, code = os.waitpid(-1, 0)
+            except ChildProcessError:  # pragma: no cover - none left
+                break
+            if pid not in self.children:
+                continue
+            number = self.children.pop(pid)
+            if self.stopping:
+                continue
+            log.error(
+                "worker exited pid=%d worker=%d status=%s",
+                pid,
+                number,
+                _describe_status(code),
+            )
+            if self._too_many_deaths():
+                log.error("workers keep dying; stopping")
+                status = 1
+                self._on_signal(signal.SIGTERM, None)
+                continue
+            time.sleep(0.2)
+            self._start(number)
+        return status
+
+    def _start(self, number: int) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.children[pid] = number
+            return
+        # In the worker: default signal handling, die with the parent.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent(parent)
+        status = 1
+        try:
+            status = _run_loop(
+                _worker(
+                    self.config,
+                    self.sockets,
+                    spool_name=f"w{number}",
+                    workers=self.workers,
+                )
+            )
+        except BaseException:
+            log.exception("worker %d failed", number)
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _too_many_deaths(self) -> bool:
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW]
+        self.deaths.append(now)
+        return len(self.deaths) > MAX_RESTARTS
+
+
+def _describe_status(code: int) -> str:
+    if os.WIFSIGNALED(code):
+        return f"signal {os.WTERMSIG(code)}"
+    return f"exit {os.WEXITSTATUS(code)}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM us when the supervisor dies (even by kill -9),
+    so no worker keeps serving without anyone to restart it."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover
+        pass
+    if os.getppid() != parent:  # It died before prctl took effect.
+        os._exit(1)

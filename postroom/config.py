@@ -1,0 +1,328 @@
+"""Node configuration: ``postroom.toml`` plus environment overrides.
+
+Every setting has a default, documented in ``docs/configuration.md``; a
+file only names what differs. Precedence, lowest first: built-in default,
+the TOML file, then environment variables. A variable names its setting
+as ``POSTROOM_<SECTION>__<KEY>`` (double underscore between section and
+key), or ``POSTROOM_<KEY>`` for a top-level key::
+
+    POSTROOM_DATA_DIR=/var/lib/postroom
+    POSTROOM_SMTP__MAX_RECIPIENTS=500
+    POSTROOM_SMTP__LISTENERS=relay=0.0.0.0:25,submission=0.0.0.0:587
+
+Values from the environment are parsed by the setting's type: integers,
+floats, booleans (true/false/yes/no/1/0), comma-separated lists.
+
+Anything wrong raises ``ConfigError`` whose text is one line naming the
+setting, e.g. ``smtp.max_recipients: expected an integer, got 'many'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postroom.errors import ConfigError
+
+LISTENER_KINDS = ("relay", "submission", "submissions")
+
+
+@dataclass
+class Listener:
+    """One SMTP listening socket.
+
+    ``relay`` is the MX/relay port (25): plain, STARTTLS offered.
+    ``submission`` (587) offers STARTTLS and AUTH; relaying needs AUTH.
+    ``submissions`` (465) is implicit TLS from the first byte (RFC 8314).
+    """
+
+    kind: str
+    host: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.port}"
+
+
+@dataclass
+class SmtpConfig:
+    listeners: list[Listener] = field(
+        default_factory=lambda: [
+            Listener("relay", "127.0.0.1", 2525),
+            Listener("submission", "127.0.0.1", 2587),
+            Listener("submissions", "127.0.0.1", 2465),
+        ]
+    )
+    workers: int = 0
+    max_message_size: int = 36_700_160
+    max_recipients: int = 1000
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    command_timeout: float = 300.0
+    data_timeout: float = 180.0
+    vrfy: str = "cannot-verify"
+    expn: str = "cannot-verify"
+    bare_newlines: str = "reject"
+    undeclared_8bit: str = "reject"
+    auth_without_tls: bool = False
+    auth_max_failures: int = 3
+    auth_failure_delay: float = 1.0
+    local_domains: list[str] = field(default_factory=list)
+    trusted_networks: list[str] = field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+    shutdown_grace: float = 30.0
+
+
+@dataclass
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+    self_signed: bool = True
+
+
+@dataclass
+class QueueConfig:
+    spool_dir: str = ""
+    database: str = ""
+    fsync: bool = True
+    segment_size: int = 64 * 1024 * 1024
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass
+class Config:
+    data_dir: str = "postroom-data"
+    hostname: str = "localhost"
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    # Derived paths: one place decides where things live under data_dir.
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.queue.spool_dir or Path(self.data_dir) / "spool")
+
+    @property
+    def database_url(self) -> str:
+        if self.queue.database:
+            return self.queue.database
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'postroom.db'}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return Path(self.data_dir) / "tls"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "smtp.vrfy": ("cannot-verify", "reject"),
+    "smtp.expn": ("cannot-verify", "reject"),
+    "smtp.bare_newlines": ("reject", "normalize"),
+    "smtp.undeclared_8bit": ("reject", "accept"),
+    "log.level": ("debug", "info", "warning", "error"),
+}
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Config:
+    """Build a Config from defaults, the TOML file at *path*, and *environ*.
+
+    Raises ConfigError with a one-line message on any bad setting or an
+    unreadable file.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    config = Config()
+    _apply(config, raw, prefix="")
+    _apply_environ(config, os.environ if environ is None else environ)
+    _validate(config)
+    return config
+
+
+def _apply(obj: Any, raw: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in dataclasses.fields(obj)}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{name}: unknown setting")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a table")
+            _apply(current, value, prefix=f"{name}.")
+        else:
+            setattr(obj, key, _coerce(name, hints[key], value))
+
+
+def _apply_environ(config: Config, environ: typing.Mapping[str, str]) -> None:
+    for var, text in environ.items():
+        if not var.startswith("POSTROOM_"):
+            continue
+        rest = var[len("POSTROOM_") :].lower()
+        section, sep, key = rest.partition("__")
+        raw: dict[str, Any] = {section: {key: text}} if sep else {section: text}
+        # Environment variables that merely share our prefix (for example
+        # POSTROOM_CONFIG, read by the CLI) are not settings.
+        target = getattr(config, section, None)
+        if target is None or (sep and not dataclasses.is_dataclass(target)):
+            continue
+        _apply(config, raw, prefix="")
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if item is Listener:
+            return _listeners(name, value)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported setting type")  # pragma: no cover
+
+
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "1": True,
+    "on": True,
+    "false": False,
+    "no": False,
+    "0": False,
+    "off": False,
+}
+
+
+def _listeners(name: str, value: Any) -> list[Listener]:
+    """Listeners come as TOML tables ``{kind=..., address=...}`` or as the
+    compact string ``kind=host:port,kind=host:port``."""
+    items: list[tuple[str, str]] = []
+    if isinstance(value, str):
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            kind, sep, address = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{name}: expected kind=host:port, got {part!r}")
+            items.append((kind.strip(), address.strip()))
+    elif isinstance(value, list):
+        for entry in value:
+            if not isinstance(entry, dict) or set(entry) != {"kind", "address"}:
+                raise ConfigError(
+                    f"{name}: each listener needs exactly 'kind' and 'address'"
+                )
+            items.append((str(entry["kind"]), str(entry["address"])))
+    else:
+        raise ConfigError(f"{name}: expected a list of listeners")
+
+    listeners = []
+    for kind, address in items:
+        if kind not in LISTENER_KINDS:
+            raise ConfigError(
+                f"{name}: kind must be one of {', '.join(LISTENER_KINDS)}, got {kind!r}"
+            )
+        host, port = parse_host_port(f"{name}", address)
+        listeners.append(Listener(kind, host, port))
+    return listeners
+
+
+def parse_host_port(name: str, address: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``; raise ConfigError if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{name}: expected host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port_text)
+
+
+def _validate(config: Config) -> None:
+    for key, choices in _CHOICES.items():
+        section, attr = key.split(".")
+        value = getattr(getattr(config, section), attr)
+        if value not in choices:
+            raise ConfigError(
+                f"{key}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+    positive = (
+        "max_message_size",
+        "max_recipients",
+        "max_connections",
+        "max_connections_per_ip",
+        "auth_max_failures",
+    )
+    for attr in positive:
+        if getattr(config.smtp, attr) < 1:
+            raise ConfigError(f"smtp.{attr}: must be at least 1")
+    if not 0 <= config.smtp.workers <= 64:
+        raise ConfigError("smtp.workers: must be from 0 (one per core) to 64")
+    for attr in ("command_timeout", "data_timeout", "shutdown_grace"):
+        if getattr(config.smtp, attr) <= 0:
+            raise ConfigError(f"smtp.{attr}: must be greater than 0")
+    for net in config.smtp.trusted_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"smtp.trusted_networks: not a network: {net!r}"
+            ) from None
+    config.smtp.local_domains = [
+        d.lower().rstrip(".") for d in config.smtp.local_domains
+    ]
+    ports = [(lst.host, lst.port) for lst in config.smtp.listeners]
+    if len(set(ports)) != len(ports):
+        raise ConfigError("smtp.listeners: two listeners share an address")
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError("tls: cert_file and key_file go together")

@@ -1,0 +1,81 @@
+"""Postroom's exception tree.
+
+Every error we raise on purpose derives from ``PostroomError``::
+
+    PostroomError
+    ├── ConfigError          a setting is missing, malformed or out of range
+    ├── SpoolError           the spool could not make a message durable
+    │   └── SpoolCorrupt     a journal record failed its checksum on read
+    ├── QueueError           a queue operation named something that is not there
+    │   └── NotFound         no message with that queue id
+    ├── UserError            an account operation named a bad or unknown address
+    │   ├── UserExists       adding an address that already has an account
+    │   └── UnknownUser      no account with that address
+    ├── AuthError            a credential check could not be carried out (a
+    │                        broken hash, the database down): a temporary
+    │                        failure, unlike a wrong password, which is a
+    │                        plain False from ``Authenticator.verify``
+    └── ProtocolError        a peer broke the protocol (raised by cores only
+        │                    when the caller misuses them; peers' mistakes
+        │                    become replies, never exceptions)
+        └── LocalProtocolError   *our* side misused a protocol core
+
+The split between "remote" and "local" faults follows h11: a peer's bad
+input is answered on the wire and never raises out of a core; a
+``LocalProtocolError`` means a bug in the driver (for example answering an
+event twice) and should crash loudly in tests.
+"""
+
+from __future__ import annotations
+
+
+class PostroomError(Exception):
+    """Base of every error Postroom raises deliberately."""
+
+
+class ConfigError(PostroomError):
+    """A configuration value is invalid. ``str()`` is one line for the user."""
+
+
+class SpoolError(PostroomError):
+    """The spool could not store or read a message."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A stored record does not match its checksum."""
+
+
+class QueueError(PostroomError):
+    """A queue operation could not be carried out."""
+
+
+class NotFound(QueueError):
+    """No queued message has the given id."""
+
+
+class UserError(PostroomError):
+    """An account operation failed. ``str()`` is one line for the user."""
+
+
+class UserExists(UserError):
+    """An account with that address already exists."""
+
+
+class UnknownUser(UserError):
+    """No account has the given address."""
+
+
+class AuthError(PostroomError):
+    """Credentials could not be checked at all (not: they were wrong).
+
+    SMTP AUTH answers this with 454 4.7.0 (temporary, RFC 4954 §6) rather
+    than 535, so a client retries instead of prompting for a new password.
+    """
+
+
+class ProtocolError(PostroomError):
+    """Base for protocol misuse."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The driver of a protocol core called it out of turn."""

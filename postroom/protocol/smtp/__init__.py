@@ -1,0 +1,1 @@
+"""The SMTP protocol core (RFC 5321 and its service extensions)."""

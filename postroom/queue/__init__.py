@@ -1,0 +1,1 @@
+"""The queue: durable spool, envelopes and per-recipient state."""

@@ -1,0 +1,1 @@
+"""asyncio listeners and sessions that drive the protocol cores."""

@@ -1,0 +1,1 @@
+"""Database models for queue and platform state (SQLite by default)."""

@@ -1,0 +1,50 @@
+"""The database engine and the shared SQLAlchemy metadata.
+
+Each area of the product declares its tables in its own module against
+``metadata`` below (``store/queue.py``, ``store/users.py``, ...), and
+``create_engine`` makes sure they exist.
+
+SQLite is the embedded default. It runs in WAL mode with
+``synchronous=NORMAL``: a commit survives a crash of our process (the WAL
+is in the OS page cache) but not a power loss. That is enough because
+the spool journal, which *is* fsync'd before every 250 reply, is the
+source of truth for accepted messages, and the recovery scan re-creates
+any queue row a power loss took away (see ``queue/spool.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+def create_engine(url: str) -> sa.Engine:
+    """Open *url* and create missing tables.
+
+    XXX: tables are created with ``metadata.create_all`` rather than
+    migrations because no schema has been released yet; Alembic comes with
+    the first change to a released table (docs/known-issues.md).
+    """
+    # Import the table modules so that their tables join ``metadata``.
+    from postroom.store import queue as _queue  # noqa: F401
+    from postroom.store import users as _users  # noqa: F401
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    engine = sa.create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

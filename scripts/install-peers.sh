@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the real mail peers that the tests and benchmarks talk to:
+# swaks (SMTP client), Postfix (for smtp-source, smtp-sink and a private
+# instance used as a baseline). Debian packages only; nothing here starts a
+# system service: a policy-rc.d that refuses every start is put in place for
+# the length of the install, so Postfix's package does not open port 25.
+set -euo pipefail
+
+want=(swaks postfix)
+missing=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-peers: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    made_policy=1
+fi
+trap '[ $made_policy -eq 1 ] && rm -f "$policy"' EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" \
+    | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-peers: installed ${missing[*]}"
