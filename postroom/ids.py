@@ -15,12 +15,16 @@ to read aloud and to grep, and sorts by arrival. Its 75 bits are:
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import secrets
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode("ascii")
+)
 _TAG_BITS = 13
 _COUNTER_BITS = 10
 _LENGTH = 15
@@ -47,11 +51,11 @@ def new_queue_id() -> str:
         | (_tag << _COUNTER_BITS)
         | (next(_counter) & ((1 << _COUNTER_BITS) - 1))
     )
-    chars = []
-    for _ in range(_LENGTH):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 75 bits, shifted to 80, are 16 base32 digits of which the last is
+    # padding; b32encode does the digit work in C, translate maps RFC 4648
+    # digits to Crockford's.
+    digits = base64.b32encode((value << 5).to_bytes(10, "big"))
+    return digits[:_LENGTH].translate(_TO_CROCKFORD).decode("ascii")
 
 
 def is_queue_id(text: str) -> bool:

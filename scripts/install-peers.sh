@@ -6,7 +6,8 @@
 # the length of the install, so Postfix's package does not open port 25.
 set -euo pipefail
 
-want=(swaks postfix)
+# libnet-ssleay-perl: swaks needs it for TLS, and it is only a Recommends.
+want=(swaks libnet-ssleay-perl postfix)
 missing=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \

@@ -2,10 +2,14 @@
 
 ``postroom_server`` is a real ``postroom serve`` subprocess on free
 loopback ports (``postroom.testing.process``); ``postroom_factory``
-starts more of them, with settings of the test's choosing. Both stop
-what they started when the test ends and fail the test if the server
-logged a traceback: an exception that reached the log is a bug even
-when the client saw a polite 451.
+starts more of them, with settings of the test's choosing, and
+``module_postroom_factory`` starts nodes that a module's tests share.
+All stop what they started when their scope ends and fail if the
+server logged a traceback: an exception that reached the log is a bug
+even when the client saw a polite 451.
+
+``merging_proxy`` puts a ``MergingProxy`` in front of a port, to make
+the STARTTLS timing that once lost commands happen every time.
 
 ``require_tool`` and ``missing_peer`` decide what happens when a real
 peer program (swaks, Postfix's smtp-source) is not installed: on a
@@ -64,9 +68,11 @@ def missing_peer_fixture() -> Callable[[str], NoReturn]:
 def check_server_log(server: PostroomProcess) -> None:
     """Fail if the server's log holds a traceback."""
     log = server.log_text()
-    if "Traceback (most recent call last)" in log:
-        pytest.fail(f"the server logged a traceback:{server.log_tail(40)}",
-                    pytrace=False)
+    start = log.find("Traceback (most recent call last)")
+    if start >= 0:
+        excerpt = "".join(f"\n  | {line}"
+                          for line in log[start:].splitlines()[:40])
+        pytest.fail(f"the server logged a traceback:{excerpt}", pytrace=False)
 
 
 @pytest.fixture
@@ -134,11 +140,11 @@ class MergingProxy:
     """A loopback TCP proxy that holds back what the client sends after
     STARTTLS and forwards each burst in one write.
 
-    Used to show the STARTTLS race deterministically with real clients:
-    the client's last handshake message and its first command (EHLO)
-    reach the server in the same segment, as they often do on a busy
-    machine. Before STARTTLS, and after the first ``BURSTS`` bursts,
-    bytes pass straight through.
+    A regression harness for the STARTTLS race, with real clients: the
+    client's last handshake message and its first command (EHLO) reach
+    the server in the same segment, as they often do on a busy machine,
+    and the server used to drop that command. Before STARTTLS, and after
+    the first ``BURSTS`` bursts, bytes pass straight through.
     """
 
     WINDOW = 0.2  # seconds a burst stays open after its first byte

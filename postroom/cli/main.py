@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import sqlalchemy
+
 from postroom import __version__
 from postroom.cli import queue, send, serve, user
 from postroom.cli.common import load_config  # noqa: F401  (re-exported)
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except PostroomError as e:
         print(f"postroom: {e}", file=sys.stderr)
+        return 1
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        # The driver's own words, without SQLAlchemy's statement dump.
+        cause = getattr(e, "orig", None) or e
+        print(f"postroom: database: {cause}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

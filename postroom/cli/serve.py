@@ -257,6 +257,10 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping = True
+        # Our copies of the listening sockets would keep the kernel
+        # accepting connections that no draining worker will serve.
+        for sock in self.sockets.values():
+            sock.close()
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)

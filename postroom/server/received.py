@@ -14,6 +14,8 @@ from __future__ import annotations
 import email.utils
 import functools
 
+import idna
+
 
 def protocol_name(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:
     if not esmtp:
@@ -28,6 +30,7 @@ def protocol_name(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:
 
 def header(
     *,
+    utf8: bool = False,
     helo: str,
     client_ip: str,
     hostname: str,
@@ -39,7 +42,7 @@ def header(
 ) -> bytes:
     """The header, folded, CRLF-terminated, ready to prepend."""
     literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
-    lines = [f"Received: from {_clean(helo)} ([{literal}])"]
+    lines = [f"Received: from {_clean(helo, utf8)} ([{literal}])"]
     if tls:
         lines.append(f"\t(using {tls})")
     lines.append(f"\tby {hostname} (Postroom) with {protocol} id {queue_id}")
@@ -57,9 +60,14 @@ def _date(second: int) -> str:
     return email.utils.formatdate(second, localtime=True)
 
 
-def _clean(helo: str) -> str:
-    # The HELO name is the client's word; keep it from breaking the header.
-    return (
-        "".join(c for c in helo if c.isprintable() and c not in "()\\")[:255]
-        or "unknown"
-    )
+def _clean(helo: str, utf8: bool) -> str:
+    """The HELO name is the client's word: keep it from breaking the
+    header, and from making a 7-bit message 8-bit (only an SMTPUTF8
+    message may carry UTF-8 in its header, RFC 6532)."""
+    if not utf8 and not helo.isascii():
+        try:
+            helo = idna.encode(helo, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            helo = helo.encode("ascii", "replace").decode("ascii")
+    text = "".join(c for c in helo if c.isprintable() and c not in "()\\")
+    return text[:255] or "unknown"

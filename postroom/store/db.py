@@ -14,6 +14,7 @@ any queue row a power loss took away (see ``queue/spool.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +34,11 @@ def create_engine(url: str) -> sa.Engine:
     from postroom.store import users as _users  # noqa: F401
 
     kwargs: dict[str, Any] = {}
+    database = sa.engine.make_url(url).database
+    if url.startswith("sqlite") and database and database != ":memory:":
+        # A first command (say, ``user add``) may run before any server
+        # has made the data directory.
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     engine = sa.create_engine(url, **kwargs)

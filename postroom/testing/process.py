@@ -58,9 +58,12 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from postroom.testing import peers
+
+if TYPE_CHECKING:
+    from postroom.queue.store import QueueStore
 
 LOOPBACK = "127.0.0.1"
 HOSTNAME = "mx.postroom.test"
@@ -397,16 +400,16 @@ class PostroomProcess:
             engine.dispose()
 
     @contextlib.contextmanager
-    def queue(self) -> Iterator[Any]:
+    def queue(self) -> Iterator[QueueStore]:
         """A ``QueueStore`` on this node's queue (usable while it runs)."""
         from postroom import config as config_mod
-        from postroom.queue.store import QueueStore
+        from postroom.queue import store
         from postroom.store import db
 
         config = config_mod.load(self.config_path, environ={})
         engine = db.create_engine(config.database_url)
         try:
-            yield QueueStore(engine, config.spool_path)
+            yield store.QueueStore(engine, config.spool_path)
         finally:
             engine.dispose()
 
@@ -633,16 +636,20 @@ def _clean_environ() -> dict[str, str]:
 
 # -- Reading results back ---------------------------------------------------
 
-_QUEUED_AS = re.compile(r"queued as ([0-9A-HJKMNP-TV-Z]{13})\b")
+_QUEUED_AS = re.compile(r"queued as (\S+)")
 
 
 def queued_as(text: str | bytes) -> str:
     """The queue id in a ``250 2.0.0 Ok: queued as ID`` reply (or in a
-    transcript holding one); AssertionError if there is none."""
+    transcript holding one); AssertionError if there is none, or if it
+    is not shaped like a queue id (``ids.is_queue_id``)."""
+    from postroom import ids
+
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     match = _QUEUED_AS.search(text)
     assert match is not None, f"no 'queued as' in {text!r}"
+    assert ids.is_queue_id(match.group(1)), f"bad queue id in {text!r}"
     return match.group(1)
 
 

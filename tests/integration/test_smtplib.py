@@ -17,7 +17,6 @@ import email.policy
 import smtplib
 import socket
 import ssl
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -230,6 +229,19 @@ def test_undeclared_8bit_body_is_refused(server: PostroomProcess,
     assert find_by_sender(server, mail_from) == []
 
 
+def test_received_header_of_a_7bit_message_is_7bit(
+        server: PostroomProcess, relay: smtplib.SMTP) -> None:
+    relay.command_encoding = "utf-8"
+    assert relay.ehlo("jörg.bücher.test")[0] == 250
+
+    queue_id = transact(relay, sender(), ["b@other.test"],
+                        b"Subject: ascii\r\n\r\nplain ASCII\r\n")
+
+    envelope, content = stored(server, queue_id)
+    assert (envelope.body, envelope.smtputf8) == ("", False)
+    assert content.isascii(), split_received(content)[0]
+
+
 def test_non_ascii_address_needs_smtputf8(relay: smtplib.SMTP) -> None:
     relay.ehlo()
     relay.command_encoding = "utf-8"
@@ -252,11 +264,6 @@ def start_tls(client: smtplib.SMTP, server: PostroomProcess) -> None:
     """STARTTLS with certificate verification, then EHLO again."""
     assert client.starttls(context=server.client_context()) == expected(
         replies.READY_TLS)
-    # XXX: a pause between the handshake and EHLO works around the bug
-    # that test_command_right_after_the_tls_handshake_is_answered shows
-    # (a command in the same read as the handshake's end is dropped);
-    # remove it with the fix.
-    time.sleep(0.1)
     client.ehlo()
 
 
@@ -297,15 +304,13 @@ def test_starttls_then_auth_login(server: PostroomProcess,
     assert stored(server, queue_id)[0].auth_user == USER
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: bytes that arrive in the same read as the end of the STARTTLS "
-    "handshake reach the core while it is still TLS_PENDING and are "
-    "dropped as cleartext (session._start_tls calls core.tls_started() "
-    "only after start_tls() returns); the client's EHLO is never answered"))
 def test_command_right_after_the_tls_handshake_is_answered(
         server: PostroomProcess) -> None:
-    # TLS 1.3 lets the client send its Finished and its first command
-    # together; doing exactly that makes the race deterministic.
+    # Regression: a command that arrived in the same read as the end of
+    # the handshake was dropped as if it were cleartext, and the client
+    # waited forever for its EHLO reply (one STARTTLS in three, more on
+    # a busy machine). TLS 1.3 lets a client send its Finished and its
+    # first command together; doing exactly that makes it deterministic.
     with socket.create_connection((LOOPBACK, server.submission_port),
                                   timeout=3) as sock:
         chat = _PlainChat(sock)
@@ -527,10 +532,6 @@ def test_message_of_exactly_the_limit_is_accepted(
     assert split_received(stored(server, queue_id)[1])[1] == message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the DATA size check counts dot-stuffed octets; RFC 1870 §3 "
-    "excludes the quoting dots, so a message of exactly the limit whose "
-    "lines start with '.' is refused 552"))
 def test_size_limit_does_not_count_dot_stuffing(
         server: PostroomProcess, relay: smtplib.SMTP) -> None:
     head = b"Subject: dots\r\n\r\n"

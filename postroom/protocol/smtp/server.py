@@ -202,10 +202,8 @@ class ServerConnection:
         # Command-line overflow: skip input up to the next LF.
         self._skipping = False
         # DATA: bytes of _buf already searched for the end marker;
-        # _data_size counts octets seen, _data_dropped means we stopped
-        # keeping them because the message is too big.
+        # _data_dropped means we stopped keeping them (far too big).
         self._scan = 0
-        self._data_size = 0
         self._data_dropped = False
         # BDAT: octets of the current chunk still to read, and its LAST.
         self._chunk_left = 0
@@ -305,6 +303,16 @@ class ServerConnection:
             self._send(reply)
         self._pending = None
         self.state = State.CLOSED
+
+    @property
+    def buffered(self) -> int:
+        """Octets received and not yet processed."""
+        return len(self._buf)
+
+    @property
+    def awaiting_answer(self) -> bool:
+        """An answer-required event is outstanding (see ``respond``)."""
+        return self._pending is not None
 
     @property
     def in_transaction(self) -> bool:
@@ -573,7 +581,6 @@ class ServerConnection:
         # an end marker on the very first line too.
         self._buf[0:0] = b"\r\n"
         self._scan = 0
-        self._data_size = 0
         self._data_dropped = False
         self.state = State.DATA
         return None
@@ -744,25 +751,29 @@ class ServerConnection:
     def _next_data(self) -> events.Event | events._Sentinel | None:
         buf = self._buf
         end = buf.find(b"\r\n.\r\n", self._scan)
+        limit = self.options.max_message_size
         if end < 0:
             # Keep the last 4 octets searchable: a marker may straddle reads.
             self._scan = max(0, len(buf) - 4)
-            # Up to "\r\n.\r" of a marker still arriving is not content.
-            if len(buf) - 4 > self.options.max_message_size:
-                self._data_size += len(buf) - 4
+            # The limit is on the message, not on its dot-stuffed form
+            # (RFC 1870 §3), and stuffing adds at most one octet to a line
+            # of three; past that much, stop keeping what arrives.
+            if len(buf) - 4 > limit + limit // 3:
                 del buf[:-4]
                 self._scan = 0
                 self._data_dropped = True
             return NEED_DATA
         raw = bytes(buf[2 : end + 2])
         del buf[: end + 5]
-        self._data_size += len(raw)
         self.state = State.MAIL
-        if self._data_dropped or self._data_size > self.options.max_message_size:
+        if self._data_dropped:
             return self._end_transaction(replies.MESSAGE_TOO_BIG)
         if self.options.bare_newlines == "normalize":
             raw = content_rules.normalize_newlines(raw)
-        return self._message(content_rules.unstuff(raw), chunked=False)
+        content = content_rules.unstuff(raw)
+        if len(content) > limit:
+            return self._end_transaction(replies.MESSAGE_TOO_BIG)
+        return self._message(content, chunked=False)
 
     def _next_chunk(self) -> events.Event | events._Sentinel | None:
         buf = self._buf

@@ -99,6 +99,14 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 
 
+_ASCII_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
+_ASCII_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_PLAIN_PATH = re.compile(
+    rf"<({_ASCII_ATOM}(?:\.{_ASCII_ATOM})*)@({_ASCII_LABEL}(?:\.{_ASCII_LABEL}){{0,126}})>"
+    r"(?= |$)"
+)
+
+
 def parse_path(text: str, *, null_ok: bool, bad: Reply) -> tuple[Address, str]:
     """Parse a path at the start of *text*; return it and the rest.
 
@@ -106,6 +114,12 @@ def parse_path(text: str, *, null_ok: bool, bad: Reply) -> tuple[Address, str]:
     malformed path (501 with the right enhanced code for MAIL or RCPT).
     """
     text = text.lstrip(" ")
+    # Nearly every path is a plain ASCII dot-atom at a host name; one
+    # regular expression settles those, the general parser the rest.
+    m = _PLAIN_PATH.match(text)
+    if m is not None and len(m.group(1)) <= MAX_LOCAL_PART:
+        domain = m.group(2).lower()
+        return Address(m.group(1), domain, domain), text[m.end() :].strip(" ")
     if text.startswith("<"):
         end = _closing_bracket(text)
         if end < 0:
