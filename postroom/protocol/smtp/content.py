@@ -16,10 +16,14 @@ TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6, CRLF included
 
 def unstuff(raw: bytes) -> bytes:
     """Undo dot-stuffing (RFC 5321 §4.5.2): drop the first "." of every
-    line that starts with one. A CRLF sentinel in front covers line one."""
-    if b"\r\n." not in raw and not raw.startswith(b"."):
-        return raw
-    return (b"\r\n" + raw).replace(b"\r\n.", b"\r\n")[2:]
+    line that starts with one.
+
+    One ``replace`` pass, which hands back *raw* itself when no line
+    starts with a dot (the common case) instead of a copy.
+    """
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    return raw.replace(b"\r\n.", b"\r\n")
 
 
 def normalize_newlines(raw: bytes) -> bytes:
@@ -62,15 +66,12 @@ def check(
     lines = content.split(b"\r\n")
     crlf = len(lines) - 1
     normalized = None
-    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+    # CRs and LFs together, in one pass: twice the CRLFs unless some
+    # stand alone.
+    if len(content) - len(content.translate(None, b"\r\n")) != 2 * crlf:
         if bare_newlines != "normalize":
             return replies.BARE_NEWLINE_DATA
-        normalized = (
-            content.replace(b"\r\n", b"\n")
-            .replace(b"\r", b"\n")
-            .replace(b"\n", b"\r\n")
-        )
-        content = normalized
+        normalized = content = normalize_newlines(content)
         lines = content.split(b"\r\n")
     if (
         undeclared_8bit == "reject"
