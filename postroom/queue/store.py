@@ -1,4 +1,4 @@
-"""Read and manage the queue from outside the spool's writer.
+"""Read and manage the queue from outside the spool.
 
 ``QueueStore`` is what the CLI, the HTTP API and the dashboard use to
 list, inspect and delete queued messages. It does not take the spool

@@ -3,10 +3,10 @@
 The spool journal holds the bytes (envelope and content); these tables
 are the index the rest of the product queries: where a message's record
 lives (``spool``, ``segment``, ``offset``, ``length``), its state, and
-the state of each recipient. The spool writes a message's rows in the same batch
-transaction that follows the journal fsync, and its recovery scan
+the state of each recipient. The spool writes a message's rows in the
+batch transaction that follows the journal fsync, and its recovery scan
 re-creates rows a power loss took away, so the journal stays the source
-of truth (see ``queue/spool.py``).
+of truth (see ``queue/spool.py`` and ``queue/recovery.py``).
 
 Several spools share one database (one per server worker process; in
 cluster mode, several nodes' worth), and each numbers its segments from
@@ -120,64 +120,102 @@ def insert_messages(
 
     Each of *rows* is (envelope, its JSON, content size, record offset,
     record length). Recipient states come from the envelope.
-
-    This runs once per group commit on the spool's writer thread, while
-    the event loop competes for the GIL, so it goes to the driver's
-    ``executemany`` with plain tuples: SQLAlchemy's per-row statement
-    machinery cost more than the rest of the batch together.
     """
     message_rows: list[tuple[object, ...]] = []
     recipient_rows: list[tuple[object, ...]] = []
-    now = time.time()
     for envelope, env_json, size, offset, length in rows:
-        message_rows.append(
-            (
-                envelope.queue_id,
-                envelope.sender,
-                envelope.received_at or now,
-                size,
-                spool,
-                segment,
-                offset,
-                length,
-                QUEUED,
-                env_json.decode(),
-            )
+        row = message_row(spool, envelope, env_json, size, length)
+        message_rows.append((*row, segment, offset))
+        recipient_rows += new_recipient_rows(envelope)
+    insert_rows(conn, message_rows, recipient_rows)
+
+
+def message_row(
+    spool: str, envelope: Envelope, env_json: bytes, size: int, length: int
+) -> tuple[object, ...]:
+    """The ``messages`` row of a message whose record is about to be
+    written to *spool*, all but its place: ``insert_rows`` takes it
+    with the segment and the offset appended.
+
+    *size* is the content's, *length* the whole record's. The spool
+    builds this as the message arrives, so that the batch that writes
+    the record only has to add where it went.
+    """
+    return (
+        envelope.queue_id,
+        envelope.sender,
+        envelope.received_at or time.time(),
+        size,
+        spool,
+        length,
+        QUEUED,
+        env_json.decode(),
+    )
+
+
+def new_recipient_rows(envelope: Envelope) -> list[tuple[object, ...]]:
+    """The ``recipients`` rows of *envelope*, as ``insert_rows`` takes
+    them; each recipient's state comes from the envelope."""
+    queue_id = envelope.queue_id
+    return [
+        (
+            queue_id,
+            idx,
+            rcpt.address,
+            rcpt.state,
+            notify_to_column(rcpt.notify),
+            rcpt.orcpt,
         )
-        for idx, rcpt in enumerate(envelope.recipients):
-            recipient_rows.append(
-                (
-                    envelope.queue_id,
-                    idx,
-                    rcpt.address,
-                    rcpt.state,
-                    notify_to_column(rcpt.notify),
-                    rcpt.orcpt,
-                )
-            )
+        for idx, rcpt in enumerate(envelope.recipients)
+    ]
+
+
+def insert_rows(
+    conn: sa.Connection,
+    message_rows: Sequence[tuple[object, ...]],
+    recipient_rows: Sequence[tuple[object, ...]],
+) -> None:
+    """Insert prepared rows: each of *message_rows* is a ``message_row``
+    with ``(segment, offset)`` appended, each of *recipient_rows* one
+    from ``new_recipient_rows``.
+
+    The spool calls this once per group commit, on the event loop's
+    thread, so it hands plain tuples straight to the driver's
+    ``executemany``, on the DBAPI cursor of *conn* and inside its
+    transaction: SQLAlchemy's statement machinery, even that of
+    ``exec_driver_sql``, cost more than the inserts of a small batch.
+    Errors are therefore the driver's own, not SQLAlchemy's wrappers.
+    """
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    if message_rows:
-        conn.exec_driver_sql(
-            _insert_sql(messages, _MESSAGE_COLUMNS, mark), message_rows
-        )
-    if recipient_rows:
-        conn.exec_driver_sql(
-            _insert_sql(recipients, _RECIPIENT_COLUMNS, mark), recipient_rows
-        )
+    cursor = dbapi.cursor()
+    try:
+        if message_rows:
+            cursor.executemany(
+                _insert_sql(messages, _MESSAGE_COLUMNS, mark), message_rows
+            )
+        if recipient_rows:
+            cursor.executemany(
+                _insert_sql(recipients, _RECIPIENT_COLUMNS, mark), recipient_rows
+            )
+    finally:
+        cursor.close()
 
 
-# The order of the tuples insert_messages builds.
+# The order of the tuples message_row and new_recipient_rows build; the
+# place of the record (segment, offset) comes last, added at the batch.
 _MESSAGE_COLUMNS = (
     "queue_id",
     "sender",
     "received_at",
     "size",
     "spool",
-    "segment",
-    "offset",
     "length",
     "state",
     "envelope",
+    "segment",
+    "offset",
 )
 _RECIPIENT_COLUMNS = ("queue_id", "idx", "address", "state", "notify", "orcpt")
 

@@ -328,7 +328,7 @@ async def test_torn_tail_is_truncated_and_segment_still_appendable(
     with open(path, "ab") as f:
         f.write(tail)
 
-    caplog.set_level(logging.INFO, logger="postroom.queue.spool")
+    caplog.set_level(logging.INFO, logger="postroom.queue")
     s = await reopen(spool_dir, engine)
     assert s.report.truncated == 1  # type: ignore[attr-defined]
     assert s.report.truncated_bytes == len(tail)  # type: ignore[attr-defined]
@@ -374,7 +374,7 @@ async def test_recovery_reinserts_rows_lost_by_the_database(
         conn.execute(tables.messages.delete().where(
             tables.messages.c.queue_id.in_(lost)))
 
-    caplog.set_level(logging.INFO, logger="postroom.queue.spool")
+    caplog.set_level(logging.INFO, logger="postroom.queue")
     s = await reopen(spool_dir, engine)
     assert s.report.reinserted == 2  # type: ignore[attr-defined]
     assert s.report.records == 5  # type: ignore[attr-defined]
@@ -405,7 +405,7 @@ async def test_rows_whose_segment_is_gone_are_dropped(
     await s.close()
     segment_path(spool_dir, "main", 2).unlink()
 
-    caplog.set_level(logging.WARNING, logger="postroom.queue.spool")
+    caplog.set_level(logging.WARNING, logger="postroom.queue")
     s = await reopen(spool_dir, engine, segment_size=1)
     assert s.report.dropped == 1  # type: ignore[attr-defined]
     assert (f"{envs[1].queue_id}: removed reason=\"segment file missing\""
@@ -489,7 +489,7 @@ async def test_gc_runs_at_rotation(spool_dir: Path, engine: sa.Engine) -> None:
     await s.commit(first, b"x")
     QueueStore(engine, spool_dir).delete([first.queue_id])
     await s.commit(second, b"y")  # rotates away from segment 1
-    await s.close()  # waits for the writer, hence for its collection
+    await s.close()  # waits for the pipeline, hence for its collection
     assert segment_files(spool_dir) == [segment_name(2)]
 
 
@@ -643,7 +643,7 @@ async def test_recover_all_recovers_an_orphaned_spool(
 
     w0 = await reopen(spool_dir, engine, name="w0")
     await w0.commit(envelope(), b"w0's")
-    caplog.set_level(logging.INFO, logger="postroom.queue.spool")
+    caplog.set_level(logging.INFO, logger="postroom.queue")
     reports = await recover_all(spool_dir, engine)
 
     # w0 has a live owner and is skipped; w1 is mended.
@@ -686,11 +686,13 @@ async def test_a_row_naming_a_bad_spool_is_not_followed(
         QueueStore(engine, spool_dir).read_content(env.queue_id)
 
 
-# -- The writer's database connection ------------------------------------------
+# -- The spool's database connections -----------------------------------------
 
 
-async def test_writer_keeps_one_connection(
+async def test_spool_keeps_its_connections(
         spool_dir: Path, engine: sa.Engine) -> None:
+    # Both connections (the index's, on the loop, and the maintenance
+    # one, for recovery and collection) are opened at start and kept.
     s = await reopen(spool_dir, engine)
     checkouts: list[object] = []
     sa.event.listen(engine, "checkout", lambda *args: checkouts.append(args))
