@@ -12,7 +12,7 @@ this process becomes a small supervisor (the shape of Postfix's master):
 2. It recovers every spool under the spool directory, including those
    of workers that a smaller ``workers`` setting no longer starts.
 3. It forks the workers. Each has its own event loop, its own spool
-   (``w1``, ``w2``, ...) with its own writer thread and lock, and its own
+   (``w1``, ``w2``, ...) with its own fsync thread and lock, and its own
    database connections; they share only the listening sockets, which
    the kernel hands to whichever worker accepts first. Python holds one
    core per process, so this is how a node uses a second core.

@@ -5,9 +5,11 @@ coroutine: per-line coroutines are what cost aiosmtpd a factor of nine
 in throughput (../shared/PERFORMANCE.md). ``data_received`` feeds the
 core and ``_pump`` answers every event it can answer synchronously, so a
 pipelined batch of commands costs one read and one write. Only three
-things wait: storing a message (the spool's group commit), checking a
-password (scrypt in a thread) and the TLS handshake. For those the
-session pauses reading, runs one task, answers, and pumps again.
+things wait: storing a message (a callback on the spool's future, no
+task), checking a password (scrypt in a thread, as a task) and the TLS
+handshake (a task). While a message is stored, input that arrives is
+buffered in the core up to a bound, then reading pauses; during AUTH
+and TLS reading pauses at once.
 
 Timeouts (RFC 5321 §4.5.3.2) use one timer per connection that is moved
 lazily: input only updates a deadline, and the timer re-arms itself when
