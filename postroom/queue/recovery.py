@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,16 +242,7 @@ class _Scanner:
         report.records += len(scan.records)
         for offset in scan.corrupt:
             report.corrupt += 1
-            log.error(
-                logs.event(
-                    "recovered",
-                    action="skip",
-                    spool=self.name,
-                    segment=name,
-                    offset=offset,
-                    reason="bad checksum",
-                )
-            )
+            self.skip(log.error, name, offset, "bad checksum")
 
         # Rows that point at no valid record: hold them for a human.
         for row in rows:
@@ -311,16 +302,7 @@ class _Scanner:
             try:
                 envelope = Envelope.from_json(env_json)
             except (ValueError, TypeError, KeyError) as e:
-                log.error(
-                    logs.event(
-                        "recovered",
-                        action="skip",
-                        spool=self.name,
-                        segment=name,
-                        offset=offset,
-                        reason=f"bad envelope: {e}",
-                    )
-                )
+                self.skip(log.error, name, offset, f"bad envelope: {e}")
                 continue
             found.append((envelope, env_json, offset, length))
         if not found:
@@ -332,17 +314,7 @@ class _Scanner:
         for envelope, env_json, offset, length in found:
             queue_id = envelope.queue_id
             if queue_id in taken or queue_id in seen:
-                log.warning(
-                    logs.event(
-                        "recovered",
-                        queue_id,
-                        action="skip",
-                        spool=self.name,
-                        segment=name,
-                        offset=offset,
-                        reason="duplicate queue id",
-                    )
-                )
+                self.skip(log.warning, name, offset, "duplicate queue id", queue_id)
                 continue
             seen.add(queue_id)
             size = length - journal.HEADER_SIZE - len(env_json)
@@ -362,6 +334,27 @@ class _Scanner:
                 )
             )
         return len(rows)
+
+    def skip(
+        self,
+        emit: Callable[[str], None],
+        segment: str,
+        offset: int,
+        reason: str,
+        queue_id: str | None = None,
+    ) -> None:
+        """Log one record that recovery passes over, and why."""
+        emit(
+            logs.event(
+                "recovered",
+                queue_id,
+                action="skip",
+                spool=self.name,
+                segment=segment,
+                offset=offset,
+                reason=reason,
+            )
+        )
 
     def existing_ids(self, queue_ids: Sequence[str]) -> set[str]:
         # Deliberately not filtered by spool: queue_id is the key of the
