@@ -19,7 +19,6 @@ import sqlalchemy
 
 from postroom import __version__
 from postroom.cli import queue, send, serve, user
-from postroom.cli.common import load_config  # noqa: F401  (re-exported)
 from postroom.errors import PostroomError
 
 
