@@ -32,9 +32,11 @@ lint: $(STAMP)
 test: $(STAMP) peers lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-## bench: Postroom side by side with Postfix and aiosmtpd (not a test)
+## bench: Postroom side by side with Postfix and aiosmtpd (not a test):
+## acceptance, then relaying end to end (smtp-source -> server -> smtp-sink)
 bench: $(STAMP) peers
 	$(PY) -m bench.smtp_accept $(BENCH_ARGS)
+	$(PY) -m bench.relay $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) postroom-data .pytest_cache .mypy_cache .ruff_cache

@@ -75,6 +75,11 @@ shutdown_grace = 5.0
 
 [queue]
 fsync = true
+
+[delivery]
+# Acceptance only, as Postfix holds what it accepts: nothing here may
+# look up the bench's domains or connect anywhere.
+enabled = false
 """
 
 

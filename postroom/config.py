@@ -31,6 +31,7 @@ from typing import Any
 from postroom.errors import ConfigError
 
 LISTENER_KINDS = ("relay", "submission", "submissions")
+TLS_POLICIES = ("none", "opportunistic", "required", "verify")
 
 
 @dataclass
@@ -97,6 +98,55 @@ class QueueConfig:
 
 
 @dataclass
+class DestinationPolicy:
+    """Limits and TLS for one destination (a recipient domain), set in
+    ``[delivery.destinations."example.com"]``. Zero or "" means "as the
+    preset says, else as ``[delivery]`` says"; ``preset`` names a table
+    of ``postroom/delivery/presets.toml`` (readable, and overridable
+    field by field here)."""
+
+    preset: str = ""
+    max_connections: int = 0
+    max_messages_per_connection: int = 0
+    max_recipients_per_message: int = 0
+    messages_per_minute: int = 0
+    messages_per_hour: int = 0
+    connections_per_minute: int = 0
+    tls: str = ""
+
+
+@dataclass
+class DeliveryConfig:
+    enabled: bool = True
+    helo_name: str = ""
+    nameservers: list[str] = field(default_factory=list)
+    dns_timeout: float = 5.0
+    routes: dict[str, str] = field(default_factory=dict)
+    mx_port: int = 25
+    smarthost: str = ""
+    smarthost_user: str = ""
+    smarthost_password: str = ""
+    tls: str = "opportunistic"
+    tls_ca_file: str = ""
+    mta_sts: bool = True
+    allowed_networks: list[str] = field(default_factory=list)
+    max_connections: int = 100
+    max_connections_per_destination: int = 10
+    max_messages_per_connection: int = 100
+    max_recipients_per_message: int = 50
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    retry_first: float = 300.0
+    retry_max: float = 4000.0
+    retry_jitter: float = 0.1
+    expire_after: float = 5 * 86400.0
+    delay_warning_after: float = 4 * 3600.0
+    poll_interval: float = 0.25
+    destinations: dict[str, DestinationPolicy] = field(default_factory=dict)
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
 
@@ -108,6 +158,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     # Derived paths: one place decides where things live under data_dir.
@@ -126,6 +177,14 @@ class Config:
     def tls_dir(self) -> Path:
         return Path(self.data_dir) / "tls"
 
+    @property
+    def dkim_dir(self) -> Path:
+        return Path(self.data_dir) / "dkim"
+
+    @property
+    def mailbox_dir(self) -> Path:
+        return Path(self.data_dir) / "mailboxes"
+
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "smtp.vrfy": ("cannot-verify", "reject"),
@@ -133,6 +192,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "smtp.bare_newlines": ("reject", "normalize"),
     "smtp.undeclared_8bit": ("reject", "accept"),
     "log.level": ("debug", "info", "warning", "error"),
+    "delivery.tls": TLS_POLICIES,
 }
 
 
@@ -223,6 +283,21 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if origin is dict:
+        _key, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table")
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            if dataclasses.is_dataclass(item):
+                if not isinstance(sub, dict):
+                    raise ConfigError(f"{name}.{key}: expected a table")
+                obj = item()  # type: ignore[operator]
+                _apply(obj, sub, prefix=f"{name}.{key}.")
+                out[str(key).lower()] = obj
+            else:
+                out[str(key).lower()] = _coerce(f"{name}.{key}", item, sub)
+        return out
     if origin is list:
         (item,) = typing.get_args(hint)
         if item is Listener:
@@ -324,5 +399,56 @@ def _validate(config: Config) -> None:
     ports = [(lst.host, lst.port) for lst in config.smtp.listeners]
     if len(set(ports)) != len(ports):
         raise ConfigError("smtp.listeners: two listeners share an address")
+    _validate_delivery(config.delivery)
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls: cert_file and key_file go together")
+
+
+def _validate_delivery(delivery: DeliveryConfig) -> None:
+    for name, policy in delivery.destinations.items():
+        if policy.tls and policy.tls not in TLS_POLICIES:
+            raise ConfigError(
+                f"delivery.destinations.{name}.tls: must be one of "
+                f"{', '.join(TLS_POLICIES)}, got {policy.tls!r}"
+            )
+    for net in delivery.allowed_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"delivery.allowed_networks: not a network: {net!r}"
+            ) from None
+    for server in delivery.nameservers:
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 else server
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(
+                f"delivery.nameservers: not an IP address: {server!r}"
+            ) from None
+    for attr in (
+        "max_connections",
+        "max_connections_per_destination",
+        "max_messages_per_connection",
+        "max_recipients_per_message",
+    ):
+        if getattr(delivery, attr) < 1:
+            raise ConfigError(f"delivery.{attr}: must be at least 1")
+    for attr in (
+        "dns_timeout",
+        "connect_timeout",
+        "command_timeout",
+        "data_timeout",
+        "retry_first",
+        "retry_max",
+        "expire_after",
+        "poll_interval",
+    ):
+        if getattr(delivery, attr) <= 0:
+            raise ConfigError(f"delivery.{attr}: must be greater than 0")
+    if not 0 <= delivery.retry_jitter < 1:
+        raise ConfigError("delivery.retry_jitter: must be from 0 to below 1")
+    if delivery.smarthost:
+        parse_host_port("delivery.smarthost", delivery.smarthost)
+    if not 1 <= delivery.mx_port <= 65535:
+        raise ConfigError("delivery.mx_port: must be from 1 to 65535")

@@ -1,4 +1,5 @@
-"""``postroom queue``: list, show and delete queued messages.
+"""``postroom queue``: list, show, flush, hold, release, bounce, delete
+and summarize queued messages.
 
 Safe while the server runs: everything goes through ``QueueStore``,
 which reads the WAL-mode database and preads spool records without
@@ -26,9 +27,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from postroom.cli import common
-from postroom.errors import NotFound
+from postroom.errors import NotFound, SpoolError
 from postroom.queue.envelope import Envelope, Recipient
-from postroom.queue.store import MessageInfo, QueueStore
+from postroom.queue.store import (
+    AGE_BUCKETS,
+    Attempt,
+    Filter,
+    MessageInfo,
+    QueueStore,
+    RecipientInfo,
+)
 from postroom.store import db
 
 
@@ -61,11 +69,154 @@ def register(subparsers: Any) -> None:
         "delete",
         help="remove messages from the queue",
         description="Remove messages from the queue without delivering "
-        "them. Either every ID exists or nothing is removed.",
+        "them: the given IDs (either every ID exists or nothing is "
+        "removed), those matching the filters, or --all.",
     )
     p.add_argument("queue_ids", metavar="ID", nargs="*")
     p.add_argument("--all", action="store_true", help="remove every queued message")
+    _filter_arguments(p)
     p.set_defaults(func=functools.partial(delete, p))
+
+    p = actions.add_parser(
+        "flush",
+        help="attempt delivery of waiting messages now (like postqueue -f)",
+        description="Make deferred and waiting recipients due now: all of "
+        "them, those of the given IDs, or those at --domain. The running "
+        "server starts on them within a second.",
+    )
+    p.add_argument("queue_ids", metavar="ID", nargs="*")
+    p.add_argument("--domain", help="only recipients at this domain")
+    p.set_defaults(func=flush)
+
+    for name, verb, text in (
+        ("hold", "hold", "keep messages out of delivery until released"),
+        ("release", "release", "return held messages to delivery"),
+        ("bounce", "bounce", "return messages to their senders with a notice"),
+    ):
+        p = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ": the given IDs or those "
+            "matching the filters.",
+        )
+        p.add_argument("queue_ids", metavar="ID", nargs="*")
+        _filter_arguments(p)
+        p.set_defaults(func=functools.partial(manage, p, verb))
+
+    p = actions.add_parser(
+        "summary",
+        help="waiting recipients per domain and age (like qshape)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=summary)
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--from",
+        dest="sender",
+        metavar="ADDRESS",
+        help="only messages from this sender (<> for bounces)",
+    )
+    p.add_argument(
+        "--to",
+        dest="recipient",
+        metavar="ADDRESS",
+        help="only messages to this recipient",
+    )
+    p.add_argument("--domain", help="only messages with a recipient at DOMAIN")
+    p.add_argument(
+        "--state",
+        choices=("queued", "held", "deferred"),
+        help="only messages in this state",
+    )
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    sender = args.sender
+    if sender is not None:
+        sender = "" if sender == "<>" else sender.strip("<>")
+    return Filter(
+        sender=sender,
+        recipient=args.recipient.strip("<>") if args.recipient else None,
+        domain=args.domain,
+        state=args.state,
+    )
+
+
+def _targets(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, store: QueueStore
+) -> list[str]:
+    which = _filter(args)
+    if bool(args.queue_ids) == (not which.empty()):
+        parser.error("give queue ids or filters (not both)")
+    return args.queue_ids or store.select(which)
+
+
+def manage(parser: argparse.ArgumentParser, verb: str, args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if store is None:
+        if args.queue_ids:
+            raise NotFound(f"no message with queue id {args.queue_ids[0]}")
+        print(f"{verb.capitalize()}: the queue is empty")
+        return 0
+    ids = _targets(parser, args, store)
+    if verb == "hold":
+        count = store.hold(ids)
+        print(f"Held {_plural(count, 'message')}")
+    elif verb == "release":
+        count = store.release(ids)
+        print(f"Released {_plural(count, 'message')}")
+    else:
+        count = store.bounce(ids)
+        print(
+            f"Bouncing {_plural(count, 'recipient')} of "
+            f"{_plural(len(ids), 'message')}; the senders get a notice"
+        )
+    return 0
+
+
+def flush(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if store is None:
+        if args.queue_ids:
+            raise NotFound(f"no message with queue id {args.queue_ids[0]}")
+        count = 0
+    else:
+        count = store.flush(args.queue_ids or None, domain=args.domain)
+    print(f"Flushed: {_plural(count, 'recipient')} due now")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    table = (
+        store.summary(time.time()) if store else {"TOTAL": [0] * (len(AGE_BUCKETS) + 2)}
+    )
+    if args.json:
+        heads = ["total", *(f"<{m}m" for m in AGE_BUCKETS), f"{AGE_BUCKETS[-1]}m+"]
+        json.dump(
+            {d: dict(zip(heads, c, strict=True)) for d, c in table.items()},
+            sys.stdout,
+            indent=2,
+        )
+        sys.stdout.write("\n")
+        return 0
+    order = [
+        "TOTAL",
+        *sorted((d for d in table if d != "TOTAL"), key=lambda d: (-table[d][0], d)),
+    ]
+    width = max(len(d) for d in order) + 1
+    heads = ["T", *(str(m) for m in AGE_BUCKETS), f"{AGE_BUCKETS[-1]}+"]
+    print(f"{'':>{width}} " + " ".join(f"{h:>5}" for h in heads))
+    for domain in order:
+        print(f"{domain:>{width}} " + " ".join(f"{n:>5}" for n in table[domain]))
+    print("(waiting recipients per destination domain; columns are ages in minutes)")
+    return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def list_queue(args: argparse.Namespace) -> int:
@@ -92,7 +243,7 @@ def list_queue(args: argparse.Namespace) -> int:
             f"{info.queue_id}{mark} {info.size:>8} {arrival:<20} {info.sender or '<>'}"
         )
         for rcpt in info.recipients:
-            print(f"{'':<{width + 30}} {rcpt.address} ({rcpt.state})")
+            print(f"{'':<{width + 30}} {rcpt.address} ({_state_text(rcpt)})")
         print()
     kbytes = (sum(i.size for i in infos) + 1023) // 1024
     count = len(infos)
@@ -100,16 +251,47 @@ def list_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_text(rcpt: Recipient) -> str:
+    """A recipient's state for the listing; a deferred one says why and
+    when it is next tried, as mailq prints the reason in parentheses."""
+    if not isinstance(rcpt, RecipientInfo) or rcpt.state not in (
+        "deferred",
+        "bounced",
+        "delivered",
+    ):
+        return rcpt.state
+    text = rcpt.state
+    if rcpt.last_reply:
+        text += f": {rcpt.last_reply}"
+    if rcpt.state == "deferred":
+        text += f"; next try {_iso(rcpt.next_attempt)}"
+    return text
+
+
 def show(args: argparse.Namespace) -> int:
     store = _open_store(args)
     if store is None:
         raise NotFound(f"no message with queue id {args.queue_id}")
-    envelope, info = store.get(args.queue_id)
-    content = store.read_content(args.queue_id)
+    envelope, info = store.get(args.queue_id, include_removed=True)
+    attempts = store.attempts(args.queue_id)
+    if info.state == "removed" and not attempts:
+        # Deleted before any delivery: nothing left to tell.
+        raise NotFound(f"no message with queue id {args.queue_id}")
+    try:
+        content: bytes | None = store.read_record_of(info)
+    except SpoolError:
+        if info.state != "removed":
+            raise
+        content = None  # delivered and collected: the story stays
 
     for line in _envelope_lines(envelope, info):
         print(line)
+    for attempt in attempts:
+        print(_attempt_line(envelope, attempt))
     print()
+    if content is None:
+        print("(the message's content is no longer on disk)")
+        return 0
     text = content if args.body else _headers(content)
     sys.stdout.flush()
     # The content is bytes in whatever charset the sender used; pass it
@@ -120,8 +302,9 @@ def show(args: argparse.Namespace) -> int:
 
 
 def delete(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.all == bool(args.queue_ids):
-        parser.error("give queue ids or --all (not both)")
+    which = _filter(args)
+    if args.all + bool(args.queue_ids) + (not which.empty()) != 1:
+        parser.error("give queue ids, filters or --all (one of them)")
     store = _open_store(args)
     if store is None:
         if args.queue_ids:
@@ -129,8 +312,10 @@ def delete(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         count = 0
     elif args.all:
         count = store.delete_all()
-    else:
+    elif args.queue_ids:
         count = store.delete(args.queue_ids)
+    else:
+        count = store.delete(store.select(which))
     print(f"Deleted {count} message{'s' if count != 1 else ''}")
     return 0
 
@@ -178,7 +363,7 @@ def _envelope_lines(envelope: Envelope, info: MessageInfo) -> list[str]:
         f"Spool: {info.spool}",
         " ".join([f"Sender: <{envelope.sender}>", *params]),
     ]
-    lines += [f"Recipient: {_rcpt_text(r)}" for r in envelope.recipients]
+    lines += [f"Recipient: {_rcpt_text(r)}" for r in info.recipients]
     client = envelope.client_address
     if envelope.client_helo:
         client += f" helo={envelope.client_helo}"
@@ -194,13 +379,37 @@ def _envelope_lines(envelope: Envelope, info: MessageInfo) -> list[str]:
     return lines
 
 
+def _attempt_line(envelope: Envelope, attempt: Attempt) -> str:
+    address = (
+        envelope.recipients[attempt.idx].address
+        if attempt.idx < len(envelope.recipients)
+        else f"#{attempt.idx}"
+    )
+    relay = "none"
+    if attempt.remote_host:
+        relay = f"{attempt.remote_host}[{attempt.remote_ip}]:{attempt.remote_port}"
+    reply = " ".join(f"{attempt.code} {attempt.enhanced} {attempt.reply}".split())
+    parts = [
+        f"Attempt: {_iso(attempt.started_at)} <{address}> #{attempt.attempt}",
+        attempt.status,
+        f"relay={relay}",
+        f"duration={attempt.duration:.3f}s",
+    ]
+    if attempt.tls:
+        parts.append(f"tls={attempt.tls.replace(' ', '/')}")
+    if attempt.failure:
+        parts.append(f"class={attempt.failure}")
+    parts.append(f"reply=({reply})")
+    return " ".join(parts)
+
+
 def _rcpt_text(rcpt: Recipient) -> str:
     parts = [f"<{rcpt.address}>"]
     if rcpt.notify is not None:
         parts.append(f"NOTIFY={','.join(rcpt.notify) or 'NEVER'}")
     if rcpt.orcpt:
         parts.append(f"ORCPT={rcpt.orcpt}")
-    parts.append(f"({rcpt.state})")
+    parts.append(f"({_state_text(rcpt)})")
     return " ".join(parts)
 
 
@@ -226,6 +435,11 @@ def _info_json(info: MessageInfo) -> dict[str, Any]:
                 "state": r.state,
                 "notify": None if r.notify is None else list(r.notify),
                 "orcpt": r.orcpt,
+                "attempts": getattr(r, "attempts", 0),
+                "last_reply": getattr(r, "last_reply", None),
+                "next_attempt": _iso(r.next_attempt)
+                if r.state == "deferred" and isinstance(r, RecipientInfo)
+                else None,
             }
             for r in info.recipients
         ],

@@ -19,7 +19,12 @@ this process becomes a small supervisor (the shape of Postfix's master):
 4. It restarts a worker that dies (``kill -9`` included); the new worker
    recovers the dead one's spool before it accepts mail. A worker exits
    by itself when the supervisor dies (``PR_SET_PDEATHSIG``).
-5. SIGTERM or SIGINT is passed on to every worker, which finishes the
+5. It forks one delivery process (number 0, spool ``d1`` for the
+   notices it writes), the queue manager of ``delivery/engine.py``,
+   unless ``delivery.enabled`` is off; it is restarted like a worker.
+   With one worker, the engine runs in the worker's event loop instead
+   and writes notices to the worker's spool.
+6. SIGTERM or SIGINT is passed on to every worker, which finishes the
    transactions in flight (see ``SmtpServer.stop``); the supervisor exits
    once all of them have.
 """
@@ -135,6 +140,7 @@ async def _worker(
 ) -> int:
     """One worker: spool, SMTP listeners, until SIGTERM/SIGINT."""
     from postroom.queue.spool import Spool
+    from postroom.queue.store import QueueStore
     from postroom.server import tls
     from postroom.server.auth import Authenticator
     from postroom.server.smtpd import SmtpServer
@@ -157,8 +163,16 @@ async def _worker(
         if config.tls.cert_file or config.tls.self_signed
         else None,
         workers=workers,
+        queue=QueueStore(engine, config.spool_path)
+        if config.delivery.enabled
+        else None,
     )
     await server.start(sockets)
+    delivery = None
+    if workers == 1 and config.delivery.enabled:
+        from postroom.delivery.service import start_engine
+
+        delivery = await start_engine(config, engine, spool)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,7 +181,36 @@ async def _worker(
     if workers == 1:
         _announce(config)
     await stop.wait()
+    if delivery is not None:
+        await delivery.stop()
     await server.stop()
+    await spool.close()
+    engine.dispose()
+    return 0
+
+
+async def _delivery_process(config: Config) -> int:
+    """The delivery engine alone, with spool ``d1`` for its notices."""
+    from postroom.delivery.service import start_engine
+    from postroom.queue.spool import Spool
+    from postroom.store.db import create_engine
+
+    engine = create_engine(config.database_url)
+    spool = Spool(
+        config.spool_path,
+        engine,
+        name="d1",
+        fsync=config.queue.fsync,
+        segment_size=config.queue.segment_size,
+    )
+    await spool.start()
+    delivery = await start_engine(config, engine, spool)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await delivery.stop()
     await spool.close()
     engine.dispose()
     return 0
@@ -200,6 +243,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.config.delivery.enabled:
+            self._start(0)
         for number in range(1, self.workers + 1):
             self._start(number)
         _announce(self.config)
@@ -241,14 +286,19 @@ class Supervisor:
         _die_with_parent(parent)
         status = 1
         try:
-            status = _run_loop(
-                _worker(
-                    self.config,
-                    self.sockets,
-                    spool_name=f"w{number}",
-                    workers=self.workers,
+            if number == 0:
+                for sock in self.sockets.values():
+                    sock.close()
+                status = _run_loop(_delivery_process(self.config))
+            else:
+                status = _run_loop(
+                    _worker(
+                        self.config,
+                        self.sockets,
+                        spool_name=f"w{number}",
+                        workers=self.workers,
+                    )
                 )
-            )
         except BaseException:
             log.exception("worker %d failed", number)
         finally:

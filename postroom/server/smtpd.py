@@ -26,6 +26,7 @@ from postroom.server.session import SmtpSession
 
 if TYPE_CHECKING:
     from postroom.queue.spool import Spool
+    from postroom.queue.store import QueueStore
     from postroom.server.auth import Authenticator
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ class SmtpServer:
         authenticator: Authenticator | None = None,
         tls_context: ssl.SSLContext | None = None,
         workers: int = 1,
+        queue: QueueStore | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
+        # For ETRN: None when no delivery engine runs (458).
+        self.queue = queue
         self.authenticator = authenticator
         self.tls_context = tls_context
         self.policy = RelayPolicy(

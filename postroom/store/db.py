@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from postroom.errors import ConfigError
+
 metadata = sa.MetaData()
 
 
@@ -45,7 +47,23 @@ def create_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     metadata.create_all(engine)
+    _check_columns(engine, url)
     return engine
+
+
+def _check_columns(engine: sa.Engine, url: str) -> None:
+    """Refuse, in one line, a database made by an older build: until
+    migrations arrive, ``create_all`` adds tables but never columns."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise ConfigError(
+                f"{sa.engine.make_url(url).render_as_string()}: table "
+                f"{table.name} lacks {', '.join(missing)}: the database was "
+                "made by an older Postroom; move it aside (no migrations yet)"
+            )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -23,9 +23,24 @@ Message states:
   that holds the record; only then is it deleted, so that a recovery
   scan never mistakes a removed message for one whose row was lost.
 
-Tables added later (delivery attempts, leases) reference
-``messages.queue_id`` with ``ondelete="CASCADE"``: the collector deletes
-``messages`` rows and expects dependent rows to go with them.
+Recipient states (the ``recipients`` table):
+
+- ``queued``: waiting for its first attempt, due at ``next_attempt``
+  (the arrival time).
+- ``active``: taken by the delivery engine, an attempt in progress or
+  about to be (Postfix's active queue). A delivery engine that starts
+  puts every ``active`` recipient back to ``queued``: whoever had them
+  is gone (one engine per database; see delivery/engine.py).
+- ``deferred``: the last attempt failed temporarily; due again at
+  ``next_attempt``.
+- ``delivered``, ``bounced``: final. A message whose recipients are all
+  final is ``removed``.
+
+``attempts`` keeps one row per recipient per delivery attempt: what the
+remote server said, who it was, and how long it took.
+
+Tables that reference ``messages.queue_id`` (``recipients``,
+``attempts``) are deleted explicitly with it by ``delete_segments``.
 """
 
 from __future__ import annotations
@@ -42,6 +57,14 @@ QUEUED = "queued"
 HELD = "held"
 REMOVED = "removed"
 MESSAGE_STATES = (QUEUED, HELD, REMOVED)
+
+# Recipient states beyond QUEUED (see the module docstring).
+ACTIVE = "active"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+PENDING = (QUEUED, ACTIVE, DEFERRED)
+FINAL = (DELIVERED, BOUNCED)
 
 messages = sa.Table(
     "messages",
@@ -89,8 +112,53 @@ recipients = sa.Table(
     # of SUCCESS, FAILURE, DELAY.
     sa.Column("notify", sa.String(32), nullable=True),
     sa.Column("orcpt", sa.Text, nullable=True),
+    # The domain part in lower case, as given (UTF-8 or A-label): what
+    # queue summaries, flush --domain and destination wake-ups select on.
+    sa.Column("domain", sa.Text, nullable=False, server_default=""),
+    # Epoch seconds when the recipient is next due (QUEUED, DEFERRED).
+    sa.Column("next_attempt", sa.Float, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # A delay notice (RFC 3464) went to the sender already.
+    sa.Column("warned", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The reply of the last attempt, as "code enhanced text", for listings.
+    sa.Column("last_reply", sa.Text, nullable=True),
+    # An administrator asked to bounce it (``queue bounce``): the engine
+    # returns it to the sender, with a notice, when it next comes due.
+    sa.Column("bounce_now", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.CheckConstraint(
+        "state IN ('queued', 'active', 'deferred', 'delivered', 'bounced')",
+        name="ck_recipients_state",
+    ),
     # Finding a message by recipient (CLI, API search).
     sa.Index("ix_recipients_address", "address"),
+    # The delivery engine's question: who is due?
+    sa.Index("ix_recipients_state_next", "state", "next_attempt"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "queue_id",
+        sa.String(32),
+        sa.ForeignKey("messages.queue_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("failure", sa.String(32), nullable=False, server_default=""),
+    sa.Column("remote_host", sa.Text, nullable=True),
+    sa.Column("remote_ip", sa.Text, nullable=True),
+    sa.Column("remote_port", sa.Integer, nullable=True),
+    sa.Column("code", sa.Integer, nullable=False),
+    sa.Column("enhanced", sa.String(16), nullable=False, server_default=""),
+    sa.Column("reply", sa.Text, nullable=False),
+    sa.Column("tls", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_attempts_queue_id", "queue_id", "idx"),
 )
 
 
@@ -157,6 +225,7 @@ def new_recipient_rows(envelope: Envelope) -> list[tuple[object, ...]]:
     """The ``recipients`` rows of *envelope*, as ``insert_rows`` takes
     them; each recipient's state comes from the envelope."""
     queue_id = envelope.queue_id
+    due = envelope.received_at or time.time()
     return [
         (
             queue_id,
@@ -165,6 +234,8 @@ def new_recipient_rows(envelope: Envelope) -> list[tuple[object, ...]]:
             rcpt.state,
             notify_to_column(rcpt.notify),
             rcpt.orcpt,
+            rcpt.address.rpartition("@")[2].lower(),
+            due,
         )
         for idx, rcpt in enumerate(envelope.recipients)
     ]
@@ -217,7 +288,16 @@ _MESSAGE_COLUMNS = (
     "segment",
     "offset",
 )
-_RECIPIENT_COLUMNS = ("queue_id", "idx", "address", "state", "notify", "orcpt")
+_RECIPIENT_COLUMNS = (
+    "queue_id",
+    "idx",
+    "address",
+    "state",
+    "notify",
+    "orcpt",
+    "domain",
+    "next_attempt",
+)
 
 
 def _insert_sql(table: sa.Table, columns: tuple[str, ...], mark: str) -> str:
@@ -249,6 +329,7 @@ def delete_segments(
     ids = sa.select(messages.c.queue_id).where(where)
     # Explicit rather than ON DELETE CASCADE: SQLite only cascades when
     # the connection enabled foreign keys.
+    conn.execute(attempts.delete().where(attempts.c.queue_id.in_(ids)))
     conn.execute(recipients.delete().where(recipients.c.queue_id.in_(ids)))
     conn.execute(messages.delete().where(where))
     return counts

@@ -328,7 +328,10 @@ class PostroomProcess:
     def cli(
         self, *args: str, input: str | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``postroom -c CONFIG ARGS...``; never raises on its status."""
+        """Run ``postroom -c CONFIG ARGS...``; never raises on its status.
+        Works before the first start too (the config is written now)."""
+        if not self.config_path.exists():
+            self._write_config()
         return subprocess.run(
             [sys.executable, "-m", "postroom", "-c", str(self.config_path), *args],
             input=input,
@@ -443,6 +446,14 @@ class PostroomProcess:
                 # A failed AUTH costs a second by default; tests that
                 # fail on purpose should not wait for it.
                 "auth_failure_delay": 0.05,
+            },
+            # No delivery unless a test asks for it (and then it must
+            # name its own DNS server): a test node must never resolve
+            # or connect beyond loopback, and most tests want accepted
+            # mail to stay queued where they can look at it.
+            "delivery": {
+                "enabled": False,
+                "allowed_networks": ["127.0.0.0/8", "::1/128"],
             },
         }
         for key, value in self.settings.items():
@@ -581,7 +592,9 @@ def _toml_value(value: Any) -> str:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
     if isinstance(value, Mapping):
-        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(
+            f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()
+        )
         return "{" + inner + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

@@ -133,9 +133,11 @@ async def test_list_json(run: Run, spool: Spool) -> None:
         "recipients": [
             {"address": "bob@example.net", "state": "queued",
              "notify": ["SUCCESS", "FAILURE"],
-             "orcpt": "rfc822;bob@example.net"},
+             "orcpt": "rfc822;bob@example.net",
+             "attempts": 0, "last_reply": None, "next_attempt": None},
             {"address": "carol@example.net", "state": "queued",
-             "notify": [], "orcpt": None},
+             "notify": [], "orcpt": None,
+             "attempts": 0, "last_reply": None, "next_attempt": None},
         ],
     }]
 
@@ -234,4 +236,89 @@ async def test_several_spools(run: Run, spool: Spool, config_file: Path) -> None
 
 def test_unknown_id_without_any_queue(run: Run) -> None:
     assert run("show", "0NOPE") == (
+        1, "", "postroom: no message with queue id 0NOPE\n")
+
+
+def states(spool: Spool, queue_id: str) -> tuple[str, dict[str, tuple[str, bool]]]:
+    """The message's state, and each recipient's (state, bounce_now)."""
+    import sqlalchemy as sa
+
+    from postroom.store import queue as tables
+    with spool._engine.connect() as conn:
+        message = conn.execute(sa.select(tables.messages.c.state).where(
+            tables.messages.c.queue_id == queue_id)).scalar_one()
+        rcpts = conn.execute(sa.select(
+            tables.recipients.c.address, tables.recipients.c.state,
+            tables.recipients.c.bounce_now).where(
+            tables.recipients.c.queue_id == queue_id)).all()
+    return message, {a: (s, bool(b)) for a, s, b in rcpts}
+
+
+async def test_hold_release_by_id_and_filter(run: Run, spool: Spool) -> None:
+    mine, other = envelope(), envelope()
+    other.sender = "zed@example.com"
+    for e in (mine, other):
+        await spool.commit(e, CONTENT)
+
+    assert run("hold", "--from", "alice@example.org") == (
+        0, "Held 1 message\n", "")
+    assert states(spool, mine.queue_id)[0] == "held"
+    assert states(spool, other.queue_id)[0] == "queued"
+    # mailq's "!" marks a held message.
+    assert f"{mine.queue_id}!" in run("list")[1]
+    assert run("hold", other.queue_id, mine.queue_id) == (
+        0, "Held 1 message\n", "")  # mine was held already
+    assert run("release", "--state", "held") == (0, "Released 2 messages\n", "")
+    assert states(spool, mine.queue_id)[0] == "queued"
+
+
+async def test_bounce_marks_pending_recipients(run: Run, spool: Spool) -> None:
+    env = envelope()
+    await spool.commit(env, CONTENT)
+    run("hold", env.queue_id)
+    status, out, err = run("bounce", env.queue_id)
+    assert (status, err) == (0, "")
+    assert out == "Bouncing 2 recipients of 1 message; the senders get a notice\n"
+    message, rcpts = states(spool, env.queue_id)
+    assert message == "queued"  # released, for the engine to bounce
+    assert rcpts == {"bob@example.net": ("queued", True),
+                     "carol@example.net": ("queued", True)}
+
+
+async def test_delete_by_filter(run: Run, spool: Spool) -> None:
+    keep, drop = envelope(), envelope()
+    drop.recipients = [Recipient("x@spam.example")]
+    for e in (keep, drop):
+        await spool.commit(e, CONTENT)
+    assert run("delete", "--domain", "spam.example") == (
+        0, "Deleted 1 message\n", "")
+    out = run("list")[1]
+    assert keep.queue_id in out and drop.queue_id not in out
+    with pytest.raises(SystemExit):
+        run("delete", "--all", "--domain", "x.example")
+
+
+async def test_flush_and_summary(run: Run, spool: Spool) -> None:
+    import time
+    now = time.time()
+    old, new = envelope(now - 3600), envelope(now - 60)
+    for e in (old, new):
+        await spool.commit(e, CONTENT)
+    status, out, _ = run("summary")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["T", "5", "10", "20", "40", "80", "160", "320",
+                                "640", "1280", "1280+"]
+    total = lines[1].split()
+    assert total[:2] == ["TOTAL", "4"]
+    # Two recipients a minute old, two an hour old (40-80 minutes).
+    assert total[2] == "2" and total[6] == "2"
+    assert lines[2].split()[:2] == ["example.net", "4"]
+    summary = json.loads(run("summary", "--json")[1])
+    assert summary["example.net"]["total"] == 4
+
+    # Nothing is deferred, so nothing is made due sooner.
+    assert run("flush") == (0, "Flushed: 0 recipients due now\n", "")
+    assert run("flush", "--domain", "example.net")[0] == 0
+    assert run("flush", "0NOPE") == (
         1, "", "postroom: no message with queue id 0NOPE\n")

@@ -36,7 +36,10 @@ pytestmark = pytest.mark.peers
 
 USER = "erin@postroom.test"
 PASSWORD = "s3cret-for-swaks"
+# Date and Message-ID present: submission would add them otherwise.
 MESSAGE = (b"From: <swaks@client.test>\r\nTo: <b@other.test>\r\n"
+           b"Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n"
+           b"Message-ID: <swaks-1@client.test>\r\n"
            b"Subject: from swaks\r\n\r\nHello from swaks.\r\n"
            b".a line that starts with a dot\r\n")
 

@@ -1,0 +1,288 @@
+"""Delivery end to end: a real ``postroom serve`` relays to providers on
+loopback, finding them through a DNS server the test runs.
+
+The providers stand on their own loopback addresses, as the seed story
+has them: gmail.test on 127.0.0.2, outlook.test on 127.0.0.3,
+hotmail.test on 127.0.0.4, all on one free port (``delivery.mx_port``),
+plus sender.test on 127.0.0.5 where notices to the organiser land.
+Nothing here resolves a name through the system or leaves loopback:
+``delivery.nameservers`` points at the test's DNS server and
+``delivery.allowed_networks`` refuses anything else.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import smtplib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+import pytest
+
+from postroom.protocol.smtp.replies import Reply
+from postroom.testing import peers
+from postroom.testing.dns import TestDnsServer
+from postroom.testing.process import LOOPBACK, PostroomProcess
+from postroom.testing.providers import FakeProvider
+
+PROVIDERS = {
+    "gmail.test": "127.0.0.2",
+    "outlook.test": "127.0.0.3",
+    "hotmail.test": "127.0.0.4",
+    "sender.test": "127.0.0.5",
+}
+ORGANISER = "events@sender.test"
+CLIENTS = [
+    f"client{i:02d}@{domain}"
+    for i, domain in enumerate(["gmail.test", "outlook.test", "hotmail.test"] * 6)
+]
+INVITATION = (
+    f"From: Lumen Events <{ORGANISER}>\r\n"
+    "To: Our best clients <clients@sender.test>\r\n"
+    "Subject: You are invited: the winter evening, 18 December\r\n"
+    "Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+    "Message-ID: <invite-2026@sender.test>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+    "\r\n"
+    "Dear client,\r\n"
+    "\r\n"
+    "Please join us on 18 December at 19:00.\r\n"
+    ".A line that starts with a dot survives.\r\n"
+).encode()
+
+
+def common_port() -> int:
+    """A port free on every provider address."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+            port = probe.getsockname()[1]
+        try:
+            for address in PROVIDERS.values():
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((address, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free on every provider address")
+
+
+def zones() -> dict[str, dict[str, object]]:
+    records: dict[str, dict[str, object]] = {}
+    for domain, address in PROVIDERS.items():
+        records[domain] = {"MX": [(10, f"mx.{domain}")]}
+        records[f"mx.{domain}"] = {"A": [address]}
+    records["null.test"] = {"MX": [(0, ".")]}
+    return records
+
+
+@dataclass
+class Stage:
+    dns: TestDnsServer
+    providers: dict[str, FakeProvider]
+    port: int
+
+    def settings(self, **delivery: object) -> dict[str, dict[str, object]]:
+        return {
+            "delivery": {
+                "enabled": True,
+                "nameservers": [self.dns.address],
+                "mx_port": self.port,
+                "allowed_networks": ["127.0.0.0/8"],
+                "poll_interval": 0.1,
+                **delivery,
+            }
+        }
+
+
+@pytest.fixture
+def stage() -> Iterator[Stage]:
+    port = common_port()
+    with ExitStack() as stack:
+        dns = stack.enter_context(TestDnsServer(zones(), zones=["test"]))
+        providers = {
+            domain: stack.enter_context(FakeProvider.in_thread(address, port))
+            for domain, address in PROVIDERS.items()
+        }
+        yield Stage(dns, providers, port)
+
+
+def send(node: PostroomProcess, recipients: list[str], content: bytes) -> str:
+    with smtplib.SMTP(LOOPBACK, node.relay_port, timeout=10) as client:
+        client.ehlo("app.sender.test")
+        client.mail(ORGANISER)
+        for rcpt in recipients:
+            code, text = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, text)
+        code, text = client.data(content)
+        assert code == 250, text
+    return text.decode().rsplit(" ", 1)[-1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.05)
+
+
+def delivered_to(provider: FakeProvider) -> list[str]:
+    return [r for t in provider.transactions if t.accepted for r in t.recipients]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_invitation_reaches_all_18_clients(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess], workers: int
+) -> None:
+    settings = stage.settings()
+    settings["smtp"] = {"workers": workers}
+    node = postroom_factory(settings)
+    queue_id = send(node, CLIENTS, INVITATION)
+
+    for domain in ("gmail.test", "outlook.test", "hotmail.test"):
+        provider = stage.providers[domain]
+        wanted = sorted(c for c in CLIENTS if c.endswith(domain))
+        wait_until(lambda p=provider, w=wanted: sorted(delivered_to(p)) == w)
+        for transaction in provider.transactions:
+            assert transaction.sender == ORGANISER
+            # Byte for byte after our Received header.
+            assert transaction.data.endswith(INVITATION)
+            assert transaction.data.startswith(b"Received: ")
+
+    # One line per recipient in the log, each starting with the queue id.
+    wait_until(lambda: len(node.log_events("delivered")) == 18)
+    for line in node.log_events("delivered"):
+        assert line.startswith(f"{queue_id}: delivered to=<client")
+        assert "relay=mx." in line
+    wait_until(lambda: bool(node.log_events("removed")))
+
+    shown = node.cli("queue", "show", queue_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "State: removed" in shown.stdout
+    attempts = [ln for ln in shown.stdout.splitlines() if ln.startswith("Attempt:")]
+    assert len(attempts) == 18
+    assert all(" delivered relay=mx." in a for a in attempts)
+    assert any("mx.hotmail.test[127.0.0.4]" in a for a in attempts)
+
+
+def test_greylisting_then_flush_delivers(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess]
+) -> None:
+    stage.providers["gmail.test"].update(greylist=True)
+    node = postroom_factory(stage.settings())
+    queue_id = send(node, ["grey@gmail.test"], INVITATION)
+    wait_until(lambda: bool(node.log_events("deferred")))
+    [line] = node.log_events("deferred")
+    assert line.startswith(f"{queue_id}: deferred to=<grey@gmail.test>")
+    assert "failure=greylisted" in line
+
+    listed = node.cli("queue", "list", "--json")
+    [message] = json.loads(listed.stdout)
+    [rcpt] = message["recipients"]
+    assert rcpt["state"] == "deferred" and rcpt["last_reply"].startswith("45")
+
+    flushed = node.cli("queue", "flush", "--domain", "gmail.test")
+    assert flushed.returncode == 0, flushed.stderr
+    assert "1 recipient due now" in flushed.stdout
+    wait_until(lambda: bool(node.log_events("delivered")))
+    assert delivered_to(stage.providers["gmail.test"]) == ["grey@gmail.test"]
+
+
+def test_bounce_returns_a_report_to_the_sender(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess]
+) -> None:
+    stage.providers["outlook.test"].update(
+        reject={"gone@outlook.test": Reply.of(
+            550, "5.1.1", "The recipient does not exist")}
+    )
+    node = postroom_factory(stage.settings())
+    queue_id = send(node, ["gone@outlook.test", "here@outlook.test", "x@null.test"],
+                    INVITATION)
+
+    organiser = stage.providers["sender.test"]
+    wait_until(lambda: bool(organiser.transactions))
+    [notice] = organiser.transactions
+    assert notice.sender == "" and notice.recipients == [ORGANISER]
+    report = email.message_from_bytes(notice.data, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    status = next(p for p in report.walk()
+                  if p.get_content_type() == "message/delivery-status")
+    text = status.as_string()
+    assert "gone@outlook.test" in text and "5.1.1" in text
+    assert "x@null.test" in text and "5.1.10" in text
+    assert "here@outlook.test" not in text
+    assert delivered_to(stage.providers["outlook.test"]) == ["here@outlook.test"]
+
+    bounced = node.log_events("bounced")
+    assert {ln.split(" ")[2] for ln in bounced} == {
+        "to=<gone@outlook.test>", "to=<x@null.test>"}
+    assert all(ln.startswith(f"{queue_id}: ") for ln in bounced)
+
+
+def test_dkim_signature_verifies_at_the_provider(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess]
+) -> None:
+    node = postroom_factory(stage.settings(), start=False)
+    made = node.cli("dkim", "keygen", "sender.test", "--selector", "s1")
+    assert made.returncode == 0, made.stderr
+    record = "".join(
+        part for part in made.stdout.split('"')[1::2]
+    ).encode()
+    node.start()
+    send(node, ["signed@hotmail.test"], INVITATION)
+    provider = stage.providers["hotmail.test"]
+    wait_until(lambda: bool(provider.transactions))
+    data = provider.transactions[0].data
+    assert b"DKIM-Signature:" in data
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.sender.test."
+        return record
+
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+
+
+def test_local_domain_goes_to_a_maildir(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess]
+) -> None:
+    node = postroom_factory(stage.settings())
+    send(node, ["Alice+events@postroom.test"], INVITATION)
+    new = node.data_dir / "mailboxes" / "postroom.test" / "alice" / "Maildir" / "new"
+    wait_until(lambda: new.is_dir() and any(new.iterdir()))
+    [path] = list(new.iterdir())
+    stored = path.read_bytes()
+    assert stored.startswith(f"Return-Path: <{ORGANISER}>\r\n".encode())
+    assert stored.endswith(INVITATION)
+
+
+@pytest.mark.peers
+def test_relays_to_a_private_postfix_and_smtp_sink(
+    stage: Stage, postroom_factory: Callable[..., PostroomProcess],
+    tmp_path: Path, require_tool: Callable[[str], str],
+) -> None:
+    require_tool("postfix")
+    require_tool("smtp-sink")
+    postfix_port, sink_port = peers.free_port(), peers.free_port()
+    with peers.start_postfix(peers.make_root(), postfix_port) as postfix, \
+            peers.start_smtp_sink(tmp_path / "sink", sink_port) as sink:
+        node = postroom_factory(stage.settings(routes={
+            "postfix.test": f"127.0.0.1:{postfix_port}",
+            "sink.test": f"[127.0.0.1]:{sink_port}",
+        }))
+        send(node, ["a@postfix.test", "b@postfix.test", "c@sink.test"], INVITATION)
+        wait_until(lambda: len(node.log_events("delivered")) == 3)
+        wait_until(lambda: postfix.queued("hold") == 1)
+        lines = node.log_events("delivered")
+        assert any(f"relay=127.0.0.1[127.0.0.1]:{postfix_port}" in ln for ln in lines)
+        assert any(f"relay=127.0.0.1[127.0.0.1]:{sink_port}" in ln for ln in lines)
+        wait_until(lambda: sink.messages() == 1)
