@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -176,6 +177,10 @@ def run_once(relay: Relay, messages: int, timeout: float = 600.0) -> float:
             f"{relay.name}: smtp-source sent {source.messages} of {messages}: "
             f"{source.stderr}"
         )
+    progress(
+        f"  [{relay.name}] smtp-source done in {source.seconds:.2f}s, "
+        f"{relay.delivered()} relayed by then"
+    )
     deadline = started + timeout
     while relay.delivered() < messages:
         if time.perf_counter() > deadline:
@@ -195,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.messages, args.repeat = 500, 1
 
+    # A SIGTERM (make's or timeout's) must still stop what we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     # Searchable by Postfix's mail owner, which smtp-sink runs as.
     work = peers.make_root(prefix="postroom-bench-relay-")
     relays: dict[str, Relay] = {}

@@ -142,7 +142,7 @@ class DeliveryConfig:
     retry_jitter: float = 0.1
     expire_after: float = 5 * 86400.0
     delay_warning_after: float = 4 * 3600.0
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1
     destinations: dict[str, DestinationPolicy] = field(default_factory=dict)
 
 

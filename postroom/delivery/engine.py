@@ -371,8 +371,7 @@ class DeliveryEngine:
             log.exception("delivery: connection task for %s failed", dest.name)
             # Whatever it held goes back, deferred: never lost, never stuck.
             reply = Reply.of(451, "4.3.0", "internal error in delivery")
-            while dest.jobs and dest.connections <= 1:
-                await self._fail_job(dest, dest.jobs.popleft(), DeliveryError(reply))
+            await self._fail_all(dest, DeliveryError(reply))
         finally:
             dest.connections -= 1
             self._connections -= 1

@@ -237,8 +237,11 @@ def record(
 
 
 _TAKE = "UPDATE recipients SET state = 'active' WHERE queue_id = ? AND idx = ?"
+# A recipient an administrator asked to bounce while its attempt was in
+# flight stays due at once (``queue bounce`` sets ``bounce_now``).
 _UPDATE_RECIPIENT = (
-    "UPDATE recipients SET state = ?, next_attempt = ?, attempts = ?, "
+    "UPDATE recipients SET state = ?, "
+    "next_attempt = CASE WHEN bounce_now THEN 0 ELSE ? END, attempts = ?, "
     "warned = ?, last_reply = ? WHERE queue_id = ? AND idx = ?"
 )
 _ATTEMPT_KEYS = (

@@ -150,7 +150,8 @@ def read_record(
     if not is_spool_name(spool):
         raise SpoolCorrupt(f"queue row names a bad spool {spool!r}")
     where = f"{spool}/{segment_name(segment)}:{offset}"
-    path = segment_path(spool_dir, spool, segment)
+    # os.path, not pathlib: this runs once per message delivered.
+    path = os.path.join(spool_dir, spool, "journal", segment_name(segment))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from postroom.errors import LocalProtocolError
 from postroom.protocol.smtp.client import (
     NEED_DATA,
+    PIPELINED_BDAT_LIMIT,
     REPLY_LINE_LIMIT,
     REPLY_LINES_LIMIT,
     AuthDone,
@@ -636,7 +637,7 @@ def test_no_recipient_accepted_without_pipelining_sends_no_data() -> None:
 BINARY = b"\x00\x01.\r\n.\r\n\xff"
 
 
-def test_bdat_waits_for_the_recipients_then_sends_raw_octets() -> None:
+def test_small_bdat_goes_in_the_pipelined_group_as_raw_octets() -> None:
     conn = connected()
     conn.send_transaction(
         MailRequest("a@x.test", body="BINARYMIME"),
@@ -644,20 +645,52 @@ def test_bdat_waits_for_the_recipients_then_sends_raw_octets() -> None:
         BINARY,
         use_bdat=True,
     )
+    # One write, one round trip: RFC 3030 §4.2 lets BDAT be pipelined.
     assert conn.data_to_send() == (
         b"MAIL FROM:<a@x.test> BODY=BINARYMIME\r\nRCPT TO:<b@x.test>\r\n"
+        b"BDAT 9 LAST\r\n" + BINARY
+    )
+    assert conn.awaiting_data_end is False  # MAIL's reply comes first
+    done = transaction_done(events(conn, SENDER_OK + RCPT_OK + QUEUED))
+    assert done.per_recipient[0].code == 250 and not conn.needs_reset
+    assert conn.data_to_send() == b""
+
+
+def test_large_bdat_waits_for_the_recipients() -> None:
+    big = b"x" * (PIPELINED_BDAT_LIMIT + 1)
+    conn = connected()
+    conn.send_transaction(
+        MailRequest("a@x.test"), rcpts("b@x.test"), big, use_bdat=True
+    )
+    assert conn.data_to_send() == (
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\n"
     )
     assert events(conn, SENDER_OK + RCPT_OK) == []
-    assert conn.data_to_send() == b"BDAT 9 LAST\r\n" + BINARY
+    assert conn.data_to_send() == b"BDAT %d LAST\r\n" % len(big) + big
     assert conn.awaiting_data_end
     done = transaction_done(events(conn, QUEUED))
     assert done.per_recipient[0].code == 250 and not conn.needs_reset
 
 
-def test_bdat_not_sent_when_nobody_is_accepted() -> None:
+def test_pipelined_bdat_for_nobody_decides_by_the_rcpt_replies() -> None:
     conn = connected()
     conn.send_transaction(
         MailRequest("a@x.test"), rcpts("b@x.test"), MESSAGE, use_bdat=True
+    )
+    conn.data_to_send()
+    # The server reads and refuses the chunk: nobody was accepted.
+    done = transaction_done(
+        events(conn, SENDER_OK + RCPT_UNKNOWN + b"554 5.5.1 No valid recipients\r\n")
+    )
+    assert done.per_recipient[0].code == 550
+    assert conn.data_to_send() == b"" and conn.needs_reset
+
+
+def test_large_bdat_not_sent_when_nobody_is_accepted() -> None:
+    conn = connected()
+    big = b"x" * (PIPELINED_BDAT_LIMIT + 1)
+    conn.send_transaction(
+        MailRequest("a@x.test"), rcpts("b@x.test"), big, use_bdat=True
     )
     conn.data_to_send()
     done = transaction_done(events(conn, SENDER_OK + RCPT_UNKNOWN))
@@ -671,9 +704,9 @@ def test_bdat_failure_asks_for_reset() -> None:
         MailRequest("a@x.test"), rcpts("b@x.test"), MESSAGE, use_bdat=True
     )
     conn.data_to_send()
-    events(conn, SENDER_OK + RCPT_OK)
-    conn.data_to_send()
-    done = transaction_done(events(conn, b"552 5.3.4 Too big\r\n"))
+    done = transaction_done(
+        events(conn, SENDER_OK + RCPT_OK + b"552 5.3.4 Too big\r\n")
+    )
     assert done.per_recipient[0].code == 552 and conn.needs_reset
 
 
