@@ -31,16 +31,26 @@ from typing import Any
 from postroom.errors import ConfigError
 
 LISTENER_KINDS = ("relay", "submission", "submissions")
+POP3_LISTENER_KINDS = ("pop3", "pop3s")
+IMAP_LISTENER_KINDS = ("imap", "imaps")
+# Which listener kinds each section's ``listeners`` setting may name.
+_KINDS_BY_SECTION = {
+    "smtp": LISTENER_KINDS,
+    "pop3": POP3_LISTENER_KINDS,
+    "imap": IMAP_LISTENER_KINDS,
+}
 TLS_POLICIES = ("none", "opportunistic", "required", "verify")
 
 
 @dataclass
 class Listener:
-    """One SMTP listening socket.
+    """One listening socket.
 
     ``relay`` is the MX/relay port (25): plain, STARTTLS offered.
     ``submission`` (587) offers STARTTLS and AUTH; relaying needs AUTH.
     ``submissions`` (465) is implicit TLS from the first byte (RFC 8314).
+    ``pop3`` (110) offers STLS; ``pop3s`` (995) is implicit TLS.
+    ``imap`` (143) offers STARTTLS; ``imaps`` (993) is implicit TLS.
     """
 
     kind: str
@@ -147,8 +157,96 @@ class DeliveryConfig:
 
 
 @dataclass
+class MailauthConfig:
+    """Authentication of inbound mail (SPF, DKIM, DMARC) at the relay
+    listener, for clients neither trusted nor authenticated; see
+    ``postroom/mailauth/inbound.py`` and docs/configuration.md."""
+
+    enabled: bool = True
+    reject_dmarc: bool = False
+    reject_spf_fail: bool = False
+    defer_temperror: bool = False
+    nameservers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pop3Config:
+    """The POP3 server (``server/pop3d.py``); see docs/configuration.md.
+
+    Plain-text logins (USER/PASS, AUTH PLAIN) need TLS (STLS or pop3s)
+    unless ``allow_plaintext_auth``, or unless the client is on a
+    loopback address and ``loopback_is_secure`` (the password never
+    crosses a network there; Dovecot's habit, and what ``make run``
+    users with a plain client need).
+    """
+
+    enabled: bool = True
+    listeners: list[Listener] = field(
+        default_factory=lambda: [
+            Listener("pop3", "127.0.0.1", 2110),
+            Listener("pop3s", "127.0.0.1", 2995),
+        ]
+    )
+    allow_plaintext_auth: bool = False
+    loopback_is_secure: bool = True
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    idle_timeout: float = 600.0
+    auth_max_failures: int = 3
+    auth_failure_delay: float = 1.0
+
+
+@dataclass
+class ImapConfig:
+    """The IMAP server (``server/imapd.py``); see docs/configuration.md.
+
+    Plain-text logins follow the POP3 rules (``allow_plaintext_auth``,
+    ``loopback_is_secure``). ``idle_timeout`` is the autologout of an
+    authenticated session: RFC 3501 §5.4 wants at least 30 minutes, and
+    IDLE clients re-issue IDLE every 29 (RFC 2177). Before login the
+    shorter ``login_timeout`` applies (RFC 9051 §5.4 allows one
+    minute). ``idle_poll_interval``: how often an IDLE session looks
+    at its mailbox for news.
+    """
+
+    enabled: bool = True
+    listeners: list[Listener] = field(
+        default_factory=lambda: [
+            Listener("imap", "127.0.0.1", 2143),
+            Listener("imaps", "127.0.0.1", 2993),
+        ]
+    )
+    allow_plaintext_auth: bool = False
+    loopback_is_secure: bool = True
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    idle_timeout: float = 1800.0
+    login_timeout: float = 60.0
+    idle_poll_interval: float = 0.5
+    auth_max_failures: int = 3
+    auth_failure_delay: float = 1.0
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
+
+
+@dataclass
+class MailboxConfig:
+    """Local users' mail (``postroom/mailbox``); see docs/configuration.md.
+
+    ``subaddress_delimiter``: each character separates a local part
+    from its tag (``alice+tag`` -> ``alice``); "" turns sub-addressing
+    off. ``postmaster``: where mail to a postmaster address without its
+    own account or alias goes (RFC 5321 §4.5.1); "" means the mailbox
+    of ``postmaster@<that domain>``. ``default_quota``: bytes per
+    account without a quota of its own, 0 for no limit.
+    """
+
+    subaddress_delimiter: str = "+"
+    postmaster: str = ""
+    default_quota: int = 0
 
 
 @dataclass
@@ -159,7 +257,11 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    mailauth: MailauthConfig = field(default_factory=MailauthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
 
     # Derived paths: one place decides where things live under data_dir.
 
@@ -343,14 +445,24 @@ def _listeners(name: str, value: Any) -> list[Listener]:
         raise ConfigError(f"{name}: expected a list of listeners")
 
     listeners = []
+    kinds = _KINDS_BY_SECTION[name.split(".")[0]]
     for kind, address in items:
-        if kind not in LISTENER_KINDS:
+        if kind not in kinds:
             raise ConfigError(
-                f"{name}: kind must be one of {', '.join(LISTENER_KINDS)}, got {kind!r}"
+                f"{name}: kind must be one of {', '.join(kinds)}, got {kind!r}"
             )
         host, port = parse_host_port(f"{name}", address)
         listeners.append(Listener(kind, host, port))
     return listeners
+
+
+def listener_setting(kind: str) -> str:
+    """The setting a listener of *kind* comes from, for messages:
+    ``smtp.listeners``, ``pop3.listeners`` ..."""
+    for section, kinds in _KINDS_BY_SECTION.items():
+        if kind in kinds:
+            return f"{section}.listeners"
+    return "listeners"
 
 
 def parse_host_port(name: str, address: str) -> tuple[str, int]:
@@ -399,7 +511,11 @@ def _validate(config: Config) -> None:
     ports = [(lst.host, lst.port) for lst in config.smtp.listeners]
     if len(set(ports)) != len(ports):
         raise ConfigError("smtp.listeners: two listeners share an address")
+    taken = set(ports)
+    _validate_pop3(config.pop3, taken)
+    _validate_imap(config.imap, taken)
     _validate_delivery(config.delivery)
+    _validate_nameservers("mailauth.nameservers", config.mailauth.nameservers)
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls: cert_file and key_file go together")
 
@@ -418,14 +534,7 @@ def _validate_delivery(delivery: DeliveryConfig) -> None:
             raise ConfigError(
                 f"delivery.allowed_networks: not a network: {net!r}"
             ) from None
-    for server in delivery.nameservers:
-        host = server.rsplit(":", 1)[0] if server.count(":") == 1 else server
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            raise ConfigError(
-                f"delivery.nameservers: not an IP address: {server!r}"
-            ) from None
+    _validate_nameservers("delivery.nameservers", delivery.nameservers)
     for attr in (
         "max_connections",
         "max_connections_per_destination",
@@ -452,3 +561,51 @@ def _validate_delivery(delivery: DeliveryConfig) -> None:
         parse_host_port("delivery.smarthost", delivery.smarthost)
     if not 1 <= delivery.mx_port <= 65535:
         raise ConfigError("delivery.mx_port: must be from 1 to 65535")
+
+
+def _validate_nameservers(name: str, servers: list[str]) -> None:
+    for server in servers:
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 else server
+        if host.startswith("[") and "]:" in host:
+            host = host.rsplit(":", 1)[0]
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(f"{name}: not an IP address: {server!r}") from None
+
+
+def _validate_pop3(pop3: Pop3Config, taken: set[tuple[str, int]]) -> None:
+    for lst in pop3.listeners:
+        if (lst.host, lst.port) in taken:
+            raise ConfigError(
+                f"pop3.listeners: {lst.host}:{lst.port} is already in use "
+                "by another listener"
+            )
+        taken.add((lst.host, lst.port))
+    for attr in ("max_connections", "max_connections_per_ip", "auth_max_failures"):
+        if getattr(pop3, attr) < 1:
+            raise ConfigError(f"pop3.{attr}: must be at least 1")
+    for attr in ("idle_timeout", "auth_failure_delay"):
+        if getattr(pop3, attr) <= 0:
+            raise ConfigError(f"pop3.{attr}: must be greater than 0")
+
+
+def _validate_imap(imap: ImapConfig, taken: set[tuple[str, int]]) -> None:
+    for lst in imap.listeners:
+        if (lst.host, lst.port) in taken:
+            raise ConfigError(
+                f"imap.listeners: {lst.host}:{lst.port} is already in use "
+                "by another listener"
+            )
+        taken.add((lst.host, lst.port))
+    for attr in ("max_connections", "max_connections_per_ip", "auth_max_failures"):
+        if getattr(imap, attr) < 1:
+            raise ConfigError(f"imap.{attr}: must be at least 1")
+    for attr in (
+        "idle_timeout",
+        "login_timeout",
+        "idle_poll_interval",
+        "auth_failure_delay",
+    ):
+        if getattr(imap, attr) <= 0:
+            raise ConfigError(f"imap.{attr}: must be greater than 0")

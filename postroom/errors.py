@@ -11,6 +11,15 @@ Every error we raise on purpose derives from ``PostroomError``::
     ├── UserError            an account operation named a bad or unknown address
     │   ├── UserExists       adding an address that already has an account
     │   └── UnknownUser      no account with that address
+    ├── MailboxError         a mailbox operation could not be carried out
+    │   ├── BadMailboxName   a user or folder name that could escape the
+    │   │                    user's directory, or is malformed
+    │   ├── NoSuchMailbox    the folder does not exist
+    │   ├── MailboxExists    creating (or renaming onto) an existing folder
+    │   ├── MailboxLocked    a POP3 session already holds the mailbox
+    │   ├── UidValidityChanged  the folder's index was rebuilt under an
+    │   │                    open session: its UIDs no longer hold
+    │   └── QuotaExceeded    the message would take the user over quota
     ├── AuthError            a credential check could not be carried out (a
     │                        broken hash, the database down): a temporary
     │                        failure, unlike a wrong password, which is a
@@ -63,6 +72,37 @@ class UserExists(UserError):
 
 class UnknownUser(UserError):
     """No account has the given address."""
+
+
+class MailboxError(PostroomError):
+    """A mailbox operation failed. ``str()`` is one line, safe to show
+    to the mailbox's owner (it names folders, never paths)."""
+
+
+class BadMailboxName(MailboxError):
+    """A user or folder name is malformed or could leave the user's
+    directory (``..``, ``/``, NUL, control characters ...)."""
+
+
+class NoSuchMailbox(MailboxError):
+    """The folder does not exist."""
+
+
+class MailboxExists(MailboxError):
+    """The folder already exists."""
+
+
+class MailboxLocked(MailboxError):
+    """Another session holds the mailbox's POP3 lock (RFC 1939 §8)."""
+
+
+class UidValidityChanged(MailboxError):
+    """The folder's index was lost and rebuilt while a session had it
+    open; the session must reopen it (IMAP: BYE, or SELECT again)."""
+
+
+class QuotaExceeded(MailboxError):
+    """Storing the message would take its owner over quota."""
 
 
 class AuthError(PostroomError):

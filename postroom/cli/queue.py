@@ -376,6 +376,10 @@ def _envelope_lines(envelope: Envelope, info: MessageInfo) -> list[str]:
     ):
         if value:
             lines.append(f"{label}: {value}")
+    if envelope.auth_results:
+        # Inbound SPF/DKIM/DMARC verdict (postroom/mailauth/inbound.py).
+        verdict = " ".join(f"{k}={v}" for k, v in envelope.auth_results.items())
+        lines.append(f"Authentication: {verdict}")
     return lines
 
 

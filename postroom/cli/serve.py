@@ -39,13 +39,25 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from postroom import logs
-from postroom.config import Config, Listener
+from postroom.config import Config, Listener, listener_setting
 from postroom.errors import ConfigError
+
+if TYPE_CHECKING:
+    from postroom.mailbox.store import MailStore
+    from postroom.server.auth import Authenticator
+
+
+class MailboxService(Protocol):
+    """What ``_worker`` needs of a mailbox server (POP3, IMAP)."""
+
+    async def stop(self) -> None: ...
 
 log = logging.getLogger("postroom.serve")
 
@@ -78,12 +90,23 @@ def worker_count(config: Config) -> int:
 def serve(config: Config) -> int:
     """Run until a signal; return the process exit status."""
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    sockets = bind_listeners(config.smtp.listeners)
+    sockets = bind_listeners(all_listeners(config))
     workers = worker_count(config)
     if workers == 1:
         return _run_loop(_worker(config, sockets, spool_name="main"))
     _run_loop(_recover_all(config))
     return Supervisor(config, sockets, workers).run()
+
+
+def all_listeners(config: Config) -> list[Listener]:
+    """Every listener of every service this node runs: SMTP, then the
+    mailbox services (POP3; IMAP joins here) unless disabled."""
+    listeners = list(config.smtp.listeners)
+    if config.pop3.enabled:
+        listeners += config.pop3.listeners
+    if config.imap.enabled:
+        listeners += config.imap.listeners
+    return listeners
 
 
 def bind_listeners(listeners: list[Listener]) -> dict[str, socket.socket]:
@@ -102,7 +125,7 @@ def bind_listeners(listeners: list[Listener]) -> dict[str, socket.socket]:
             for other in sockets.values():
                 other.close()
             raise ConfigError(
-                f"smtp.listeners: cannot listen on "
+                f"{listener_setting(listener.kind)}: cannot listen on "
                 f"{listener.host}:{listener.port}: {e.strerror}"
             ) from None
         sock.setblocking(False)
@@ -139,6 +162,7 @@ async def _worker(
     workers: int = 1,
 ) -> int:
     """One worker: spool, SMTP listeners, until SIGTERM/SIGINT."""
+    from postroom.mailbox.recipients import LocalRecipients
     from postroom.queue.spool import Spool
     from postroom.queue.store import QueueStore
     from postroom.server import tls
@@ -155,19 +179,30 @@ async def _worker(
         segment_size=config.queue.segment_size,
     )
     await spool.start()
+    authenticator = Authenticator(engine)
+    # One view of local users for SMTP (RCPT, quotas, aliases) and the
+    # mailbox services, whose APPEND and COPY need the same quotas.
+    recipients = LocalRecipients.from_config(config, engine)
+    tls_context = (
+        tls.server_context(config)
+        if config.tls.cert_file or config.tls.self_signed
+        else None
+    )
     server = SmtpServer(
         config,
         spool,
-        authenticator=Authenticator(engine),
-        tls_context=tls.server_context(config)
-        if config.tls.cert_file or config.tls.self_signed
-        else None,
+        authenticator=authenticator,
+        tls_context=tls_context,
         workers=workers,
         queue=QueueStore(engine, config.spool_path)
         if config.delivery.enabled
         else None,
+        recipients=recipients,
     )
     await server.start(sockets)
+    mailbox_servers = await _start_mailbox_servers(
+        config, sockets, authenticator, tls_context, workers, recipients.store
+    )
     delivery = None
     if workers == 1 and config.delivery.enabled:
         from postroom.delivery.service import start_engine
@@ -184,9 +219,43 @@ async def _worker(
     if delivery is not None:
         await delivery.stop()
     await server.stop()
+    for mailbox_server in mailbox_servers:
+        await mailbox_server.stop()
     await spool.close()
     engine.dispose()
     return 0
+
+
+async def _start_mailbox_servers(
+    config: Config,
+    sockets: dict[str, socket.socket],
+    authenticator: Authenticator,
+    tls_context: ssl.SSLContext | None,
+    workers: int,
+    store: MailStore,
+) -> list[MailboxService]:
+    """Start the services that read mailboxes (POP3; IMAP joins here),
+    on the sockets the supervisor bound; return them for ``stop``.
+    *store* must know the quotas (``LocalRecipients.store``): IMAP
+    APPEND and COPY are refused over quota only through it."""
+    from postroom.server.pop3d import Pop3Server
+
+    started: list[MailboxService] = []
+    if config.pop3.enabled:
+        pop3 = Pop3Server(
+            config, store, authenticator, tls_context=tls_context, workers=workers
+        )
+        await pop3.start(sockets)
+        started.append(pop3)
+    if config.imap.enabled:
+        from postroom.server.imapd import ImapServer
+
+        imap = ImapServer(
+            config, store, authenticator, tls_context=tls_context, workers=workers
+        )
+        await imap.start(sockets)
+        started.append(imap)
+    return started
 
 
 async def _delivery_process(config: Config) -> int:
@@ -218,10 +287,10 @@ async def _delivery_process(config: Config) -> int:
 
 def _announce(config: Config) -> None:
     where = ", ".join(
-        f"{lst.kind} {lst.host}:{lst.port}" for lst in config.smtp.listeners
+        f"{lst.kind} {lst.host}:{lst.port}" for lst in all_listeners(config)
     )
     print(
-        f"postroom: serving SMTP on {where}; data in {config.data_dir}",
+        f"postroom: serving {where}; data in {config.data_dir}",
         file=sys.stderr,
         flush=True,
     )

@@ -7,6 +7,8 @@ instead (``DeliveryEngine`` takes every part as an argument).
 
 from __future__ import annotations
 
+import asyncio
+
 import sqlalchemy as sa
 
 from postroom.config import Config
@@ -17,6 +19,8 @@ from postroom.delivery.outcome import Route
 from postroom.delivery.routing import Router
 from postroom.delivery.smtp import ClientSettings, SmtpClient
 from postroom.mailauth.dkim import DkimSigner
+from postroom.mailbox.recipients import LocalRecipients
+from postroom.queue.envelope import Envelope
 
 
 def build_engine(config: Config, db: sa.Engine, notices: Submitter) -> DeliveryEngine:
@@ -36,14 +40,20 @@ def build_engine(config: Config, db: sa.Engine, notices: Submitter) -> DeliveryE
     async def connect(route: Route) -> Client:
         return await SmtpClient.connect(route, settings)
 
-    local = LocalDelivery(config.mailbox_dir, config.hostname, fsync=config.queue.fsync)
+    recipients = LocalRecipients.from_config(config, db)
+    local = LocalDelivery(
+        config.mailbox_dir,
+        config.hostname,
+        fsync=config.queue.fsync,
+        recipients=recipients,
+    )
     signer = DkimSigner(config.dkim_dir)
     return DeliveryEngine(
         config,
         db,
         router=router,
         connect=connect,
-        notices=notices,
+        notices=_Expanding(notices, recipients),
         local=local.deliver,
         sign=signer.sign,
     )
@@ -55,3 +65,17 @@ async def start_engine(
     engine = build_engine(config, db, notices)
     await engine.start()
     return engine
+
+
+class _Expanding:
+    """A Submitter that expands aliases among a notice's recipients, as
+    the SMTP session does for what it queues: a notice to a sender that
+    is an alias reaches the alias's targets (postroom/mailbox/addressing.py)."""
+
+    def __init__(self, spool: Submitter, recipients: LocalRecipients) -> None:
+        self.spool = spool
+        self.recipients = recipients
+
+    def submit(self, envelope: Envelope, content: bytes) -> asyncio.Future[None]:
+        envelope.recipients = self.recipients.expand(envelope.recipients)
+        return self.spool.submit(envelope, content)

@@ -46,6 +46,9 @@ class Envelope:
     "BINARYMIME", or "" when the client sent none.
     ``tls`` describes the inbound TLS session ("TLSv1.3 TLS_AES_256_GCM_SHA384")
     or is "" for cleartext.
+    ``auth_results`` is the verdict of inbound mail authentication
+    (``postroom.mailauth``: "spf", "dkim", "dmarc", "from_domain",
+    "policy", ...), or None when the message was not checked.
     """
 
     queue_id: str
@@ -63,6 +66,7 @@ class Envelope:
     auth_user: str | None = None
     listener: str = ""
     tls: str = ""
+    auth_results: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         # Built by hand: dataclasses.asdict deep-copies recursively and

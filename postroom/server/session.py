@@ -4,12 +4,14 @@ The session is an ``asyncio.Protocol`` rather than a stream reader
 coroutine: per-line coroutines are what cost aiosmtpd a factor of nine
 in throughput (../shared/PERFORMANCE.md). ``data_received`` feeds the
 core and ``_pump`` answers every event it can answer synchronously, so a
-pipelined batch of commands costs one read and one write. Only three
+pipelined batch of commands costs one read and one write. Only four
 things wait: storing a message (a callback on the spool's future, no
-task), checking a password (scrypt in a thread, as a task) and the TLS
-handshake (a task). While a message is stored, input that arrives is
-buffered in the core up to a bound, then reading pauses; during AUTH
-and TLS reading pauses at once.
+task), authenticating a stranger's message before that (SPF, DKIM,
+DMARC: a task with a callback, ``postroom.mailauth.inbound``),
+checking a password (scrypt in a thread, as a task) and the TLS
+handshake (a task). While a message is checked or stored, input that
+arrives is buffered in the core up to a bound, then reading pauses;
+during AUTH and TLS reading pauses at once.
 
 Timeouts (RFC 5321 §4.5.3.2) use one timer per connection that is moved
 lazily: input only updates a deadline, and the timer re-arms itself when
@@ -37,6 +39,7 @@ from postroom.server import received
 
 if TYPE_CHECKING:
     from postroom.config import Listener
+    from postroom.mailauth.inbound import Outcome
     from postroom.server.smtpd import SmtpServer
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ ETRN_REFUSED = Reply.of(
 ETRN_QUEUE_NAMES = Reply.of(
     458, "4.3.0", "Unable to queue messages: queue names (#) are not supported"
 )
+# RFC 3463 X.4.6: routing loop detected.
+TOO_MANY_HOPS = Reply.of(554, "5.4.6", "Too many hops: mail forwarding loop")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -74,6 +79,7 @@ class SmtpSession(asyncio.Protocol):
         "_reason",
         "_early",
         "_paused",
+        "_checks",
     )
 
     def __init__(self, server: SmtpServer, listener: Listener) -> None:
@@ -94,6 +100,9 @@ class SmtpSession(asyncio.Protocol):
         self._reason: str | None = None
         self._early = bytearray()
         self._paused = False
+        # Running mail authentication checks (at most one): asyncio
+        # keeps only weak references to tasks.
+        self._checks: set[asyncio.Task[Outcome]] = set()
 
     # ------------------------------------------------------------------
     # asyncio.Protocol
@@ -220,7 +229,12 @@ class SmtpSession(asyncio.Protocol):
             elif isinstance(event, events.RcptTo):
                 core.respond(self._rcpt_to(event))
             elif isinstance(event, events.Message):
-                if self._store(event):
+                if received.too_many_hops(event.content):
+                    # RFC 5321 §6.3: a forwarding loop (an alias
+                    # forwarding to an address that forwards back).
+                    self._log_reject(TOO_MANY_HOPS, sender=str(event.sender))
+                    core.respond(TOO_MANY_HOPS)
+                elif self._verify(event) or self._store(event):
                     return
             elif isinstance(event, events.Auth):
                 self._spawn(self._authenticate(event))
@@ -378,9 +392,66 @@ class SmtpSession(asyncio.Protocol):
         log.info(logs.event("rejected", client=self.peer, reply=str(reply), **fields))
 
     # ------------------------------------------------------------------
-    # The three waits
+    # The waits
 
-    def _store(self, event: events.Message) -> bool:
+    def _verify(self, event: events.Message) -> bool:
+        """Authenticate a stranger's message (SPF, DKIM, DMARC) before
+        it is stored; True if the answer must wait, and then
+        ``_verified`` gives it. Costs one test when the checks are off.
+        """
+        checker = self.server.mailauth
+        core = self.core
+        assert core is not None
+        if checker is None or not checker.applies(
+            self.listener.kind,
+            trusted=self.trusted,
+            authenticated=core.authenticated_as is not None,
+        ):
+            return False
+        task = asyncio.get_running_loop().create_task(
+            checker.check(
+                event.content,
+                client_ip=self.client_ip,
+                sender=str(event.sender),
+                helo=core.helo or "",
+            )
+        )
+        self._wait()
+        self._checks.add(task)
+        task.add_done_callback(lambda done: self._verified(event, done))
+        return True
+
+    def _verified(self, event: events.Message, task: asyncio.Task[Outcome]) -> None:
+        self._checks.discard(task)
+        self._busy = False
+        core = self.core
+        if task.cancelled() or core is None or self.transport is None:
+            # Cancelled, or the client is gone: it never heard 250, so
+            # it will send again; storing now would make a duplicate.
+            return
+        error = task.exception()
+        if error is not None:
+            # Our own failure: answer 451, as for any failed step.
+            log.error(
+                logs.event("rejected", client=self.peer, reason=f"mailauth: {error!r}")
+            )
+            core.respond(replies.TRANSACTION_FAILED)
+        elif (outcome := task.result()).refusal is not None:
+            log.info(
+                logs.event(
+                    "rejected",
+                    client=self.peer,
+                    reply=str(outcome.refusal),
+                    sender=f"<{event.sender}>",
+                    **outcome.verdict.log_fields(),
+                )
+            )
+            core.respond(outcome.refusal)
+        elif self._store(event, outcome):
+            return
+        self._resume()
+
+    def _store(self, event: events.Message, outcome: Outcome | None = None) -> bool:
         """Hand the message to the spool; True if the answer must wait.
 
         No task per message: the spool's future gets a callback, which
@@ -389,6 +460,15 @@ class SmtpSession(asyncio.Protocol):
         """
         core = self.core
         assert core is not None
+        # Quotas at end of data (RFC 5321 §4.5.3.1.10): 452 when the
+        # message fits none of its mailboxes.
+        full = self.server.policy.check_message(
+            [addr for addr, _params in event.recipients], len(event.content)
+        )
+        if full is not None:
+            self._log_reject(full, sender=str(event.sender))
+            core.respond(full)
+            return False
         queue_id = ids.new_queue_id()
         now = time.time()
         params = event.mail_params
@@ -420,13 +500,27 @@ class SmtpSession(asyncio.Protocol):
                 hostname=self.server.config.hostname,
                 now=now,
             )
-        content = header + event.content
+        if outcome is None:
+            content = header + event.content
+        else:
+            # RFC 8601 §5: our verdict on top, forgeries of it gone.
+            content = header + outcome.header + outcome.content
+            log.info(
+                logs.event(
+                    "auth",
+                    queue_id,
+                    **outcome.verdict.log_fields(),
+                    removed=outcome.removed or None,
+                    client=self.peer,
+                )
+            )
         envelope = Envelope(
             queue_id=queue_id,
             sender=str(event.sender),
-            recipients=[
-                Recipient(str(addr), p.notify, p.orcpt) for addr, p in event.recipients
-            ],
+            # Aliases become their targets here (postroom/mailbox/addressing.py).
+            recipients=self.server.policy.expand(
+                [Recipient(str(a), p.notify, p.orcpt) for a, p in event.recipients]
+            ),
             received_at=now,
             body=params.body,
             smtputf8=params.smtputf8,
@@ -439,6 +533,7 @@ class SmtpSession(asyncio.Protocol):
             auth_user=core.authenticated_as,
             listener=self.listener.name,
             tls=self._tls_info,
+            auth_results=None if outcome is None else outcome.verdict.summary(),
         )
         try:
             future = self.server.spool.submit(envelope, content)

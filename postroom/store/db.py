@@ -32,6 +32,7 @@ def create_engine(url: str) -> sa.Engine:
     the first change to a released table (docs/known-issues.md).
     """
     # Import the table modules so that their tables join ``metadata``.
+    from postroom.store import aliases as _aliases  # noqa: F401
     from postroom.store import queue as _queue  # noqa: F401
     from postroom.store import users as _users  # noqa: F401
 

@@ -2,10 +2,11 @@
 
 One row per account in ``users``, keyed by the account's address in
 lower case; the address is also the login name. The table holds only
-what authentication needs. Mailboxes, aliases and quotas will live in
-their own tables with a foreign key to ``users.address`` (deleting a
-user then cascades), or as new nullable columns here, so adding them
-changes no existing column.
+what authentication needs, plus the account's quota: ``quota`` is a
+limit in bytes on everything stored in the account's folders, NULL for
+"the configured default" (``mailbox.default_quota``) and 0 for no limit.
+Aliases live in ``store/aliases.py``; mail itself in the Maildirs
+(``postroom.mailbox``).
 
 Functions here take an open ``sa.Connection`` so that a caller can put
 several of them in one transaction (``with engine.begin() as conn``).
@@ -17,6 +18,7 @@ module.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -38,6 +40,7 @@ users = sa.Table(
     sa.Column(
         "disabled", sa.Boolean, nullable=False, default=False, server_default=sa.false()
     ),
+    sa.Column("quota", sa.BigInteger, nullable=True),
 )
 
 
@@ -49,10 +52,11 @@ class User:
     password_hash: str
     created_at: dt.datetime
     disabled: bool
+    quota: int | None = None
 
 
 def normalize_address(text: str) -> str:
-    """Return *text* as an account address: stripped and lower-cased.
+    """Return *text* as an account address: stripped, lower-cased, NFC.
 
     The check is deliberately loose, ``local@domain`` with both parts
     non-empty and no space, control character or angle bracket, because
@@ -65,7 +69,10 @@ def normalize_address(text: str) -> str:
 
     Raises UserError naming the address when it does not look like one.
     """
-    address = text.strip().lower()
+    # NFC after lowering, as mailbox.names does for the directory: two
+    # spellings of "josé" (composed, or e + U+0301) must be one account,
+    # not two accounts sharing one Maildir.
+    address = unicodedata.normalize("NFC", text.strip().lower())
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise UserError(f"not an address (expected local@domain): {text!r}")
@@ -82,8 +89,15 @@ def normalize_address(text: str) -> str:
     return address
 
 
-def add(conn: sa.Connection, address: str, password_hash: str) -> User:
-    """Create the account *address* with *password_hash*.
+def add(
+    conn: sa.Connection,
+    address: str,
+    password_hash: str,
+    *,
+    quota: int | None = None,
+) -> User:
+    """Create the account *address* with *password_hash* and *quota*
+    (bytes; None for the configured default, 0 for no limit).
 
     Raises UserError for a malformed address and UserExists when the
     account is already there. After UserExists the caller's transaction
@@ -100,11 +114,12 @@ def add(conn: sa.Connection, address: str, password_hash: str) -> User:
                 password_hash=password_hash,
                 created_at=created,
                 disabled=False,
+                quota=quota,
             )
         )
     except sa.exc.IntegrityError:
         raise UserExists(f"user already exists: {address}") from None
-    return User(address, password_hash, created, False)
+    return User(address, password_hash, created, False, quota)
 
 
 def get(conn: sa.Connection, address: str) -> User | None:
@@ -115,6 +130,19 @@ def get(conn: sa.Connection, address: str) -> User | None:
         return None
     row = conn.execute(sa.select(users).where(users.c.address == address)).one_or_none()
     return None if row is None else _user(row)
+
+
+def get_many(conn: sa.Connection, addresses: list[str]) -> list[User]:
+    """The accounts among *addresses* (already normalized), in one query."""
+    if not addresses:
+        return []
+    return [_user(row) for row in conn.execute(_GET_MANY, {"keys": addresses})]
+
+
+# Built once: get_many runs at every RCPT to a local domain.
+_GET_MANY = sa.select(users).where(
+    users.c.address.in_(sa.bindparam("keys", expanding=True))
+)
 
 
 def list_all(conn: sa.Connection) -> list[User]:
@@ -131,6 +159,12 @@ def set_password(conn: sa.Connection, address: str, password_hash: str) -> None:
 def set_disabled(conn: sa.Connection, address: str, disabled: bool) -> None:
     """Disable or re-enable *address*; raise UnknownUser if none."""
     _update(conn, address, disabled=disabled)
+
+
+def set_quota(conn: sa.Connection, address: str, quota: int | None) -> None:
+    """Set the quota of *address* in bytes (None: the default, 0: no
+    limit); raise UnknownUser if none."""
+    _update(conn, address, quota=quota)
 
 
 def delete(conn: sa.Connection, address: str) -> None:
@@ -154,4 +188,4 @@ def _user(row: sa.Row[tuple[object, ...]]) -> User:
     created: dt.datetime = row.created_at
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)
-    return User(row.address, row.password_hash, created, bool(row.disabled))
+    return User(row.address, row.password_hash, created, bool(row.disabled), row.quota)

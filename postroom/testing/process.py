@@ -69,6 +69,13 @@ LOOPBACK = "127.0.0.1"
 HOSTNAME = "mx.postroom.test"
 LOCAL_DOMAIN = "postroom.test"
 KINDS = ("relay", "submission", "submissions")
+# Mailbox listeners, opened only when a test names them in ``kinds``;
+# a node without them has the service switched off.
+POP3_KINDS = ("pop3", "pop3s")
+IMAP_KINDS = ("imap", "imaps")
+# Listeners speaking TLS from the first byte, and each kind's greeting.
+_IMPLICIT_TLS = ("submissions", "pop3s", "imaps")
+_GREETINGS = {"pop3": b"+OK", "pop3s": b"+OK", "imap": b"* OK", "imaps": b"* OK"}
 BIND_ATTEMPTS = 3
 
 # What the server prints on stderr when a listener cannot bind.
@@ -135,6 +142,22 @@ class PostroomProcess:
     @property
     def submissions_port(self) -> int:
         return self.ports["submissions"]
+
+    @property
+    def pop3_port(self) -> int:
+        return self.ports["pop3"]
+
+    @property
+    def pop3s_port(self) -> int:
+        return self.ports["pop3s"]
+
+    @property
+    def imap_port(self) -> int:
+        return self.ports["imap"]
+
+    @property
+    def imaps_port(self) -> int:
+        return self.ports["imaps"]
 
     @property
     def cert_path(self) -> Path:
@@ -440,6 +463,7 @@ class PostroomProcess:
                 "listeners": [
                     {"kind": kind, "address": f"{LOOPBACK}:{port}"}
                     for kind, port in self.ports.items()
+                    if kind in KINDS
                 ],
                 "local_domains": [LOCAL_DOMAIN],
                 "trusted_networks": ["127.0.0.0/8"],
@@ -455,6 +479,11 @@ class PostroomProcess:
                 "enabled": False,
                 "allowed_networks": ["127.0.0.0/8", "::1/128"],
             },
+            # Likewise no SPF/DKIM/DMARC checks (they ask the DNS about
+            # the sender) unless a test asks, with its own DNS server.
+            "mailauth": {"enabled": False},
+            "pop3": self._mailbox_section(POP3_KINDS),
+            "imap": self._mailbox_section(IMAP_KINDS),
         }
         for key, value in self.settings.items():
             if isinstance(value, Mapping):
@@ -462,6 +491,17 @@ class PostroomProcess:
             else:
                 sections[""][key] = value
         self.config_path.write_text(render_toml(sections))
+
+    def _mailbox_section(self, kinds: Sequence[str]) -> dict[str, Any]:
+        listeners = [
+            {"kind": kind, "address": f"{LOOPBACK}:{port}"}
+            for kind, port in self.ports.items()
+            if kind in kinds
+        ]
+        if not listeners:
+            return {"enabled": False}
+        # As for SMTP AUTH: failures on purpose should not cost seconds.
+        return {"listeners": listeners, "auth_failure_delay": 0.05}
 
     def _spawn(self) -> None:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -513,7 +553,11 @@ class PostroomProcess:
                     f"{self.wrapper.returncode}{self.log_tail()}"
                 )
             for kind, port in list(waiting.items()):
-                if _greets(port, tls=kind == "submissions"):
+                if _greets(
+                    port,
+                    tls=kind in _IMPLICIT_TLS,
+                    greeting=_GREETINGS.get(kind, b"220"),
+                ):
                     del waiting[kind]
             if waiting and time.monotonic() > deadline:
                 raise ServerError(
@@ -601,8 +645,8 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _greets(port: int, *, tls: bool) -> bool:
-    """Whether 127.0.0.1:PORT answers with a 220 greeting now."""
+def _greets(port: int, *, tls: bool, greeting: bytes = b"220") -> bool:
+    """Whether 127.0.0.1:PORT answers with *greeting* now."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=2.0) as raw:
             sock: socket.socket = raw
@@ -612,11 +656,11 @@ def _greets(port: int, *, tls: bool) -> bool:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
                 sock = context.wrap_socket(raw, server_hostname=HOSTNAME)
-            greeting = sock.makefile("rb").readline()
+            line = sock.makefile("rb").readline()
             with contextlib.suppress(OSError):
                 sock.sendall(b"QUIT\r\n")
                 sock.makefile("rb").readline()
-            return greeting.startswith(b"220")
+            return line.startswith(greeting)
     except (OSError, ssl.SSLError):
         return False
 

@@ -99,7 +99,7 @@ def test_add_from_stdin_then_list(run: Runner) -> None:
     status, out, _ = run("user", "list")
     assert status == 0
     assert out.splitlines()[0].startswith("alice@example.test  ")
-    assert out.splitlines()[0].endswith("Z  active")
+    assert out.splitlines()[0].endswith("Z  active  default  0")
 
 
 def test_add_with_prompt_asks_twice(run: Runner) -> None:
@@ -122,6 +122,12 @@ def test_add_with_prompt_asks_twice(run: Runner) -> None:
      "not an address"),
     (("add", "a b@example.test", "--password-stdin"), "pw\n", (),
      "forbidden character"),
+    # Accepted by the loose address check, but no mailbox could have
+    # the name: refused before an account exists that can never get mail.
+    (("add", "../carol@example.test", "--password-stdin"), "pw\n", (),
+     "unusable as a mailbox"),
+    (("add", "carol..x@example.test", "--password-stdin"), "pw\n", (),
+     "unusable as a mailbox"),
     (("passwd", "nobody@example.test", "--password-stdin"), "pw\n", (),
      "no such user: nobody@example.test"),
     (("del", "nobody@example.test"), "", (),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from postroom.delivery import local
 from postroom.delivery.local import BAD_MAILBOX, DELIVERED_REPLY, LocalDelivery
 from postroom.delivery.outcome import BOUNCED, DEFERRED, DELIVERED, Result
+from postroom.mailbox import maildir as maildir_mod
 from postroom.queue.envelope import Envelope, Recipient
 
 CONTENT = (
@@ -94,6 +94,20 @@ def test_null_sender_gets_an_empty_return_path(
     deliver(agent, "carol@example.test", sender="")
     [path] = new_files(mailboxes / "example.test" / "carol" / "Maildir")
     assert path.read_bytes().startswith(b"Return-Path: <>\r\n")
+
+
+@pytest.mark.parametrize("breaker", ["\r\n", "\n", "\x85", "\u2028", "\u2029"])
+def test_trace_fields_cannot_be_split(
+    agent: LocalDelivery, mailboxes: Path, breaker: str
+) -> None:
+    # SMTPUTF8 lets a sender hold U+2028 (our parser takes it); readers
+    # that split a decoded header with str.splitlines() break there.
+    sender = f"bob{breaker}X-Evil: 1@example.org"
+    deliver(agent, "carol@example.test", sender=sender)
+    [path] = new_files(mailboxes / "example.test" / "carol" / "Maildir")
+
+    head = path.read_bytes().decode().split("\r\n\r\n")[0]
+    assert head.splitlines()[0] == "Return-Path: <bobX-Evil: 1@example.org>"
 
 
 def test_two_deliveries_make_two_files(agent: LocalDelivery, mailboxes: Path) -> None:
@@ -203,7 +217,7 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
             raise OSError(code, os.strerror(code))
         return real_write(fd, data[:5])
 
-    # local.os is os: this patches the one os module, for the test only.
+    # maildir.os is os: this patches the one os module, for the test only.
     monkeypatch.setattr(os, "write", write)
 
 
@@ -254,7 +268,7 @@ def test_directory_fsync_failure_withdraws_the_message(
     deliver(agent, "carol@example.test")  # directories exist now
     maildir = mailboxes / "example.test" / "carol" / "Maildir"
     [first] = new_files(maildir)
-    monkeypatch.setattr(local, "_fsync_dir", _failing("fsync", errno.EIO))
+    monkeypatch.setattr(maildir_mod, "fsync_dir", _failing("fsync", errno.EIO))
     assert deliver(agent, "carol@example.test").status == DEFERRED
     assert new_files(maildir) == [first]
     assert list((maildir / "tmp").iterdir()) == []

@@ -38,6 +38,8 @@ def node(
 ) -> PostroomProcess:
     server = module_postroom_factory(start=False)
     server.add_user(USER, PASSWORD)
+    # A local recipient must be an account since #4.
+    server.add_user("two@postroom.test", PASSWORD)
     return server.start()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import dkim
 import pytest
 
+from postroom.mailbox.store import MailStore
 from postroom.protocol.smtp.replies import Reply
 from postroom.testing import peers
 from postroom.testing.process import PostroomProcess
@@ -153,14 +154,26 @@ def test_dkim_signature_verifies_at_the_provider(
 def test_local_domain_goes_to_a_maildir(
     stage: Stage, postroom_factory: Callable[..., PostroomProcess]
 ) -> None:
-    node = postroom_factory(stage.settings())
+    node = postroom_factory(stage.settings(), start=False)
+    # Since #4 a local address must name an account (or an alias).
+    node.add_user("alice@postroom.test", "pw")
+    node.start()
     send(node, ["Alice+events@postroom.test"], INVITATION)
     new = node.data_dir / "mailboxes" / "postroom.test" / "alice" / "Maildir" / "new"
     wait_until(lambda: new.is_dir() and any(new.iterdir()))
     [path] = list(new.iterdir())
     stored = path.read_bytes()
-    assert stored.startswith(f"Return-Path: <{ORGANISER}>\r\n".encode())
+    assert stored.startswith(
+        f"Return-Path: <{ORGANISER}>\r\n"
+        "Delivered-To: Alice+events@postroom.test\r\n".encode()
+    )
     assert stored.endswith(INVITATION)
+
+    # What POP3 and IMAP will read: UID 1 in INBOX, the same bytes.
+    with MailStore(node.data_dir / "mailboxes").open("alice@postroom.test") as box:
+        [info] = box.messages()
+        assert (info.uid, info.size) == (1, len(stored))
+        assert box.read(1) == stored
 
 
 @pytest.mark.peers

@@ -36,6 +36,7 @@ from postroom.testing.process import (
 )
 
 USER = "alice@postroom.test"
+LOCAL_USERS = ["b@postroom.test", "ñandú@postroom.test"]
 PASSWORD = "correct horse battery staple"
 MAX_SIZE = 64 * 1024
 
@@ -55,6 +56,9 @@ def server(
     node = module_postroom_factory(
         {"smtp": {"max_message_size": MAX_SIZE}}, start=False)
     node.add_user(USER, PASSWORD)
+    # Local recipients must be accounts (or aliases) since #4.
+    for local in LOCAL_USERS:
+        node.add_user(local, PASSWORD)
     return node.start()
 
 
@@ -155,7 +159,9 @@ def test_several_recipients_one_copy(server: PostroomProcess,
     queue_id = transact(relay, sender(), rcpts, b"Subject: three\r\n\r\nx\r\n")
 
     envelope, content = stored(server, queue_id)
-    assert [r.address for r in envelope.recipients] == rcpts
+    # A bare postmaster is queued as the local domain's (RFC 5321 §4.5.1).
+    assert [r.address for r in envelope.recipients] == [
+        "a@other.test", "b@postroom.test", "postmaster@postroom.test"]
     # RFC 5321 §7.6: a single copy must not name its recipients.
     assert b"\tfor <" not in split_received(content)[0]
 
@@ -451,7 +457,10 @@ def test_certificate_verifies_by_host_name(server: PostroomProcess) -> None:
 def test_relay_denied_from_an_untrusted_network(
         postroom_factory: Callable[..., PostroomProcess]) -> None:
     # 127.0.0.1 is not in 10.0.0.0/8: we are a stranger here.
-    node = postroom_factory({"smtp": {"trusted_networks": ["10.0.0.0/8"]}})
+    node = postroom_factory({"smtp": {"trusted_networks": ["10.0.0.0/8"]}},
+                            start=False)
+    node.add_user("bob@postroom.test", PASSWORD)
+    node.start()
     mail_from = sender()
 
     with smtplib.SMTP(LOOPBACK, node.relay_port, timeout=10) as client:
@@ -469,7 +478,7 @@ def test_relay_denied_from_an_untrusted_network(
     assert code == 250
     envelope, _ = stored(node, queued_as(text))
     assert [r.address for r in envelope.recipients] == [
-        "Bob@postroom.test", "postmaster"]
+        "Bob@postroom.test", "postmaster@postroom.test"]
     assert "rejected" in node.log_text()
 
 

@@ -70,6 +70,8 @@ def server(
     node = module_postroom_factory({"smtp": {"undeclared_8bit": "accept"}},
                                    start=False)
     node.add_user(USER, PASSWORD)
+    # A local recipient must be an account since #4.
+    node.add_user("c@postroom.test", PASSWORD)
     return node.start()
 
 

@@ -28,7 +28,7 @@ from postroom.config import Config
 from postroom.errors import AuthError, SpoolError
 from postroom.protocol.smtp import replies
 from postroom.protocol.smtp.replies import Reply
-from postroom.server import tls
+from postroom.server import received, tls
 from postroom.testing.smtp import (
     LOOPBACK,
     FakeAuthenticator,
@@ -587,3 +587,24 @@ async def test_submission_needs_auth(tmp_path: Path, spool: FakeSpool) -> None:
             replies.RECIPIENT_OK
         )
         await client.close()
+
+
+async def test_a_forwarding_loop_is_refused(port: int, spool: FakeSpool) -> None:
+    # RFC 5321 §6.3: more than 100 Received fields is a loop. Aliases
+    # that forward (#4) make one possible between two hosts, and without
+    # a limit the message would circle for ever.
+    trace = b"Received: from a.example by b.example; Mon, 2 Mar 2026\r\n"
+    client = await connect(port)
+    await ehlo(client)
+    answers = []
+    for hops in (101, 100):
+        await client.send(ENVELOPE + b"DATA\r\n")
+        await client.read_replies(3)
+        await client.send(trace * hops + b"Subject: loop\r\n\r\nhi\r\n.\r\n")
+        answers.append(status(await client.read_reply()))
+    await client.close()
+
+    assert answers == ["554 5.4.6", QUEUED]
+    # With our own Received field the next hop sees 101, and refuses.
+    ((_envelope, content),) = spool.commits
+    assert received.too_many_hops(content)
