@@ -228,6 +228,27 @@ class ImapConfig:
 
 
 @dataclass
+class HttpConfig:
+    """The HTTP API (``postroom/api``); see docs/configuration.md.
+
+    ``address`` is one ``host:port``. The limits are SendGrid's for
+    Mail Send (30 MB per request, 1000 personalizations, 1000
+    recipients over all of them), each configurable.
+    """
+
+    enabled: bool = True
+    address: str = "127.0.0.1:8025"
+    max_request_size: int = 30 * 1024 * 1024
+    max_personalizations: int = 1000
+    max_recipients: int = 1000
+
+    @property
+    def listener(self) -> Listener:
+        host, port = parse_host_port("http.address", self.address)
+        return Listener("http", host, port)
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
 
@@ -260,6 +281,7 @@ class Config:
     pop3: Pop3Config = field(default_factory=Pop3Config)
     imap: ImapConfig = field(default_factory=ImapConfig)
     mailauth: MailauthConfig = field(default_factory=MailauthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
 
@@ -459,6 +481,8 @@ def _listeners(name: str, value: Any) -> list[Listener]:
 def listener_setting(kind: str) -> str:
     """The setting a listener of *kind* comes from, for messages:
     ``smtp.listeners``, ``pop3.listeners`` ..."""
+    if kind == "http":
+        return "http.address"
     for section, kinds in _KINDS_BY_SECTION.items():
         if kind in kinds:
             return f"{section}.listeners"
@@ -514,6 +538,7 @@ def _validate(config: Config) -> None:
     taken = set(ports)
     _validate_pop3(config.pop3, taken)
     _validate_imap(config.imap, taken)
+    _validate_http(config.http, taken)
     _validate_delivery(config.delivery)
     _validate_nameservers("mailauth.nameservers", config.mailauth.nameservers)
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
@@ -588,6 +613,17 @@ def _validate_pop3(pop3: Pop3Config, taken: set[tuple[str, int]]) -> None:
     for attr in ("idle_timeout", "auth_failure_delay"):
         if getattr(pop3, attr) <= 0:
             raise ConfigError(f"pop3.{attr}: must be greater than 0")
+
+
+def _validate_http(http: HttpConfig, taken: set[tuple[str, int]]) -> None:
+    listener = http.listener  # ConfigError if the address is malformed
+    if http.enabled and (listener.host, listener.port) in taken:
+        raise ConfigError(
+            f"http.address: {http.address} is already in use by another listener"
+        )
+    for attr in ("max_request_size", "max_personalizations", "max_recipients"):
+        if getattr(http, attr) < 1:
+            raise ConfigError(f"http.{attr}: must be at least 1")
 
 
 def _validate_imap(imap: ImapConfig, taken: set[tuple[str, int]]) -> None:

@@ -20,6 +20,9 @@ Every error we raise on purpose derives from ``PostroomError``::
     │   ├── UidValidityChanged  the folder's index was rebuilt under an
     │   │                    open session: its UIDs no longer hold
     │   └── QuotaExceeded    the message would take the user over quota
+    ├── TemplateError        a stored template could not be compiled or
+    │   │                    rendered (syntax, unsafe access, bad data)
+    │   └── UnknownTemplate  no template, or no such version of it
     ├── AuthError            a credential check could not be carried out (a
     │                        broken hash, the database down): a temporary
     │                        failure, unlike a wrong password, which is a
@@ -103,6 +106,15 @@ class UidValidityChanged(MailboxError):
 
 class QuotaExceeded(MailboxError):
     """Storing the message would take its owner over quota."""
+
+
+class TemplateError(PostroomError):
+    """A template could not be compiled or rendered. ``str()`` is one
+    line naming the template, the part and the line where known."""
+
+
+class UnknownTemplate(TemplateError):
+    """No template (or template version) has the given id."""
 
 
 class AuthError(PostroomError):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy
 
 from postroom import __version__
-from postroom.cli import alias, dkim, queue, send, serve, user
+from postroom.cli import alias, apikey, dkim, queue, send, serve, template, user
 from postroom.errors import PostroomError
 
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (serve, send, queue, user, alias, dkim):
+    for module in (serve, send, queue, user, alias, dkim, template, apikey):
         module.register(sub)
     return parser
 

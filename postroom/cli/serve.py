@@ -48,10 +48,16 @@ from typing import TYPE_CHECKING, Protocol
 from postroom import logs
 from postroom.config import Config, Listener, listener_setting
 from postroom.errors import ConfigError
+from postroom.server.listening import LoadBoard, join_board
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from postroom.api.server import HttpService
     from postroom.mailbox.store import MailStore
+    from postroom.queue.spool import Spool
     from postroom.server.auth import Authenticator
+    from postroom.server.smtpd import SmtpServer
 
 
 class MailboxService(Protocol):
@@ -106,6 +112,8 @@ def all_listeners(config: Config) -> list[Listener]:
         listeners += config.pop3.listeners
     if config.imap.enabled:
         listeners += config.imap.listeners
+    if config.http.enabled:
+        listeners.append(config.http.listener)
     return listeners
 
 
@@ -191,7 +199,10 @@ async def _worker(
     server = SmtpServer(
         config,
         spool,
-        authenticator=authenticator,
+        # SMTP alone also takes API keys (user "apikey"), as SendGrid's
+        # relay does; POP3 and IMAP log in to mailboxes, which keys
+        # have none of.
+        authenticator=Authenticator(engine, api_keys=True),
         tls_context=tls_context,
         workers=workers,
         queue=QueueStore(engine, config.spool_path)
@@ -203,6 +214,7 @@ async def _worker(
     mailbox_servers = await _start_mailbox_servers(
         config, sockets, authenticator, tls_context, workers, recipients.store
     )
+    http = await _start_http(config, sockets, engine, spool, server)
     delivery = None
     if workers == 1 and config.delivery.enabled:
         from postroom.delivery.service import start_engine
@@ -218,12 +230,43 @@ async def _worker(
     await stop.wait()
     if delivery is not None:
         await delivery.stop()
+    if http is not None:
+        # Before the spool closes: requests in flight still need it.
+        await http.stop()
     await server.stop()
     for mailbox_server in mailbox_servers:
         await mailbox_server.stop()
     await spool.close()
     engine.dispose()
     return 0
+
+
+async def _start_http(
+    config: Config,
+    sockets: dict[str, socket.socket],
+    engine: sa.Engine,
+    spool: Spool,
+    server: SmtpServer,
+) -> HttpService | None:
+    """The HTTP API (``postroom/api``) on the shared socket, unless
+    ``http.enabled`` is off. It runs in every worker, as SMTP does,
+    and queues into this worker's spool; it shares the SMTP server's
+    policy, so local recipients and aliases are judged alike."""
+    if not config.http.enabled:
+        return None
+    from postroom.api.context import ApiContext
+    from postroom.api.server import HttpService
+
+    context = ApiContext(
+        config,
+        engine,
+        spool,
+        policy=server.policy,
+        listener=config.http.listener.name,
+    )
+    http = HttpService(context, grace=config.smtp.shutdown_grace)
+    await http.start(sockets)
+    return http
 
 
 async def _start_mailbox_servers(
@@ -308,6 +351,9 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> worker number
         self.deaths: list[float] = []
         self.stopping = False
+        # Sessions per worker, shared with them: who accepts next
+        # (server/listening.py).
+        self.board = LoadBoard(workers)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -360,6 +406,7 @@ class Supervisor:
                     sock.close()
                 status = _run_loop(_delivery_process(self.config))
             else:
+                join_board(self.board, number - 1)
                 status = _run_loop(
                     _worker(
                         self.config,

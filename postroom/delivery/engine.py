@@ -525,7 +525,8 @@ class DeliveryEngine:
         (so will not report it), None when it did."""
         now = self._clock.time()
         duration = time.monotonic() - began
-        age = now - message.received_at
+        # A scheduled message ages from its send time, not its arrival.
+        age = now - max(message.received_at, message.envelope.not_before)
         changes: list[Change] = []
         failed: list[tuple[DueRecipient, Result]] = []
         delayed: list[tuple[DueRecipient, Result]] = []
@@ -724,7 +725,10 @@ class DeliveryEngine:
                     reply=res.reply,
                     remote_mta=res.peer.host if res.peer else None,
                     last_attempt=now,
-                    will_retry_until=message.received_at + self._delivery.expire_after
+                    will_retry_until=max(
+                        message.received_at, message.envelope.not_before
+                    )
+                    + self._delivery.expire_after
                     if kind == "delay"
                     else None,
                 )

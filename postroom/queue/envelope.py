@@ -49,6 +49,12 @@ class Envelope:
     ``auth_results`` is the verdict of inbound mail authentication
     (``postroom.mailauth``: "spf", "dkim", "dmarc", "from_domain",
     "policy", ...), or None when the message was not checked.
+    ``not_before`` is a scheduled send's time (epoch seconds): its
+    recipients are first due then, and its age for retries and expiry
+    counts from then; 0 for "at once".
+    ``api`` holds what the HTTP API was told about the message and
+    does not act on yet (request id, key id, categories, custom_args,
+    batch_id, tracking settings ...), or None for SMTP mail.
     """
 
     queue_id: str
@@ -67,6 +73,8 @@ class Envelope:
     listener: str = ""
     tls: str = ""
     auth_results: dict[str, str] | None = None
+    not_before: float = 0.0
+    api: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         # Built by hand: dataclasses.asdict deep-copies recursively and

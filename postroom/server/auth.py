@@ -21,6 +21,12 @@ On a successful login with a hash made under older parameters, the
 hash is upgraded in place; a failure to store it is logged and the login
 still succeeds.
 
+With ``api_keys`` (the SMTP server's authenticator, not POP3's or
+IMAP's) the user name ``apikey`` makes the password an API key
+(``postroom.api.keys``), as SendGrid's SMTP relay takes it: the key
+must be live and allowed ``mail.send``. Its check is a SHA-256, not a
+scrypt, and its timing tells nothing about accounts.
+
 Passwords and hashes are never logged.
 """
 
@@ -34,6 +40,7 @@ import os
 import sqlalchemy as sa
 
 from postroom import logs
+from postroom.api import keys
 from postroom.errors import AuthError
 from postroom.server import passwords
 from postroom.store import users
@@ -44,8 +51,15 @@ logger = logging.getLogger("postroom.server.auth")
 class Authenticator:
     """Verifies credentials against the ``users`` table of *engine*."""
 
-    def __init__(self, engine: sa.Engine, max_concurrent: int | None = None):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        max_concurrent: int | None = None,
+        *,
+        api_keys: bool = False,
+    ):
         self._engine = engine
+        self._api_keys = api_keys
         self._slots = asyncio.Semaphore(max_concurrent or os.cpu_count() or 2)
         # A well-formed hash that no password matches: random salt,
         # random digest. Building it costs nothing, unlike hashing a
@@ -66,6 +80,8 @@ class Authenticator:
 
     def _check(self, username: str, password: str) -> bool:
         # Runs in a worker thread: blocking calls are fine here.
+        if self._api_keys and username == keys.SMTP_USER:
+            return self._check_api_key(password)
 
         # Look the account up; an unknown one is checked against the
         # dummy hash so that it takes as long as a wrong password.
@@ -102,6 +118,20 @@ class Authenticator:
         if passwords.needs_rehash(user.password_hash):
             self._rehash(user.address, password)
         return True
+
+    def _check_api_key(self, token: str) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                key = keys.verify(conn, token)
+        except sa.exc.SQLAlchemyError as e:
+            logger.error(
+                logs.event(
+                    "auth", user=keys.SMTP_USER, result="error",
+                    reason=type(e).__name__,
+                )
+            )
+            raise AuthError("key database unavailable") from None
+        return key is not None and keys.allows(key, keys.MAIL_SEND)
 
     def _rehash(self, address: str, password: str) -> None:
         try:

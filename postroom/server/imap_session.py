@@ -282,7 +282,11 @@ class ImapSession(asyncio.Protocol):
         self._deadline = loop.time() + self._timeout
         sent = 0
         while core.streaming:
-            chunks = core.chunks_to_send(_STREAM_SLICE)
+            try:
+                chunks = core.chunks_to_send(_STREAM_SLICE)
+            except Exception as e:  # A file we cannot read, or a bug.
+                self._internal_error(e)
+                return False
             data = b"".join(chunks)
             transport.write(data)  # May call pause_writing.
             sent += len(data)

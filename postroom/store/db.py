@@ -33,7 +33,9 @@ def create_engine(url: str) -> sa.Engine:
     """
     # Import the table modules so that their tables join ``metadata``.
     from postroom.store import aliases as _aliases  # noqa: F401
+    from postroom.store import api_keys as _api_keys  # noqa: F401
     from postroom.store import queue as _queue  # noqa: F401
+    from postroom.store import templates as _templates  # noqa: F401
     from postroom.store import users as _users  # noqa: F401
 
     kwargs: dict[str, Any] = {}

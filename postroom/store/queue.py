@@ -225,7 +225,8 @@ def new_recipient_rows(envelope: Envelope) -> list[tuple[object, ...]]:
     """The ``recipients`` rows of *envelope*, as ``insert_rows`` takes
     them; each recipient's state comes from the envelope."""
     queue_id = envelope.queue_id
-    due = envelope.received_at or time.time()
+    # A scheduled send (the HTTP API's send_at) is first due at its time.
+    due = envelope.not_before or envelope.received_at or time.time()
     return [
         (
             queue_id,

@@ -18,7 +18,9 @@ What it does:
   appended to ``ROOT/serve.log`` (a file, not a pipe: a pipe nobody
   drains stalls a server that logs thousands of lines).
 - Returns once every listener accepts connections: the plain ones greet
-  with 220 and the implicit-TLS one completes a handshake and greets.
+  with 220 and the implicit-TLS one completes a handshake and greets;
+  the HTTP API (only when ``kinds`` names ``http``, else it is off, as
+  are POP3 and IMAP) answers a request.
   Those probes are real sessions, so they appear in the log as
   ``connect``/``disconnect`` pairs (never as ``received``).
 - Stops the server with SIGTERM (``stop``) or SIGKILL (``kill``), always
@@ -73,6 +75,8 @@ KINDS = ("relay", "submission", "submissions")
 # a node without them has the service switched off.
 POP3_KINDS = ("pop3", "pop3s")
 IMAP_KINDS = ("imap", "imaps")
+# The HTTP API, likewise off unless a test names "http" in ``kinds``.
+HTTP_KIND = "http"
 # Listeners speaking TLS from the first byte, and each kind's greeting.
 _IMPLICIT_TLS = ("submissions", "pop3s", "imaps")
 _GREETINGS = {"pop3": b"+OK", "pop3s": b"+OK", "imap": b"* OK", "imaps": b"* OK"}
@@ -158,6 +162,15 @@ class PostroomProcess:
     @property
     def imaps_port(self) -> int:
         return self.ports["imaps"]
+
+    @property
+    def http_port(self) -> int:
+        return self.ports[HTTP_KIND]
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT``, the API's base URL."""
+        return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
     def cert_path(self) -> Path:
@@ -484,6 +497,9 @@ class PostroomProcess:
             "mailauth": {"enabled": False},
             "pop3": self._mailbox_section(POP3_KINDS),
             "imap": self._mailbox_section(IMAP_KINDS),
+            "http": {"address": f"{LOOPBACK}:{self.ports[HTTP_KIND]}"}
+            if HTTP_KIND in self.ports
+            else {"enabled": False},
         }
         for key, value in self.settings.items():
             if isinstance(value, Mapping):
@@ -553,11 +569,15 @@ class PostroomProcess:
                     f"{self.wrapper.returncode}{self.log_tail()}"
                 )
             for kind, port in list(waiting.items()):
-                if _greets(
-                    port,
-                    tls=kind in _IMPLICIT_TLS,
-                    greeting=_GREETINGS.get(kind, b"220"),
-                ):
+                if kind == HTTP_KIND:
+                    ready = _answers_http(port)
+                else:
+                    ready = _greets(
+                        port,
+                        tls=kind in _IMPLICIT_TLS,
+                        greeting=_GREETINGS.get(kind, b"220"),
+                    )
+                if ready:
                     del waiting[kind]
             if waiting and time.monotonic() > deadline:
                 raise ServerError(
@@ -662,6 +682,17 @@ def _greets(port: int, *, tls: bool, greeting: bytes = b"220") -> bool:
                 sock.makefile("rb").readline()
             return line.startswith(greeting)
     except (OSError, ssl.SSLError):
+        return False
+
+
+def _answers_http(port: int) -> bool:
+    """Whether 127.0.0.1:PORT answers an HTTP request now (any status:
+    the probe asks for a path that does not exist)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=2.0) as sock:
+            sock.sendall(b"GET /ready HTTP/1.0\r\nHost: postroom.test\r\n\r\n")
+            return sock.makefile("rb").readline().startswith(b"HTTP/1.")
+    except OSError:
         return False
 
 

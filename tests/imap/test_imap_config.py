@@ -25,7 +25,8 @@ def test_defaults_serve_imap_on_loopback_dev_ports() -> None:
     assert loaded.imap.idle_timeout >= 1800.0
     assert loaded.imap.idle_poll_interval <= 1.0
     kinds = [lst.kind for lst in all_listeners(loaded)]
-    assert kinds[-2:] == ["imap", "imaps"]
+    # The mailbox services' listeners, then the HTTP API's.
+    assert kinds[-3:] == ["imap", "imaps", "http"]
 
 
 def test_bench_configuration_loads(tmp_path: Path) -> None:

@@ -179,6 +179,33 @@ async def test_a_client_gone_in_the_middle_of_a_bulk_fetch(
     assert any("disconnect" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_file_that_fails_to_load_mid_stream_ends_that_session(
+    server: ImapServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loader = imap_mailbox._loader
+
+    def loader(mailbox: object, uid: int, size: int) -> object:
+        if uid == 150:
+
+            def fail() -> bytes:
+                raise PermissionError("not ours")
+
+            return fail
+        return real_loader(mailbox, uid, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imap_mailbox, "_loader", loader)
+    client = await connect(server)
+    await client.command(b"s SELECT INBOX")
+    answer = await client.command(b"f UID FETCH 1:* (UID BODY.PEEK[])")
+    bystander = await connect(server)
+    other = await bystander.command(b"n NOOP")
+
+    # The responses before the failure are whole; then BYE, no OK.
+    assert answer[-1] == b"* BYE [SERVERBUG] Internal error\r\n"
+    assert sum(line.startswith(b"* ") and b" FETCH (" in line for line in answer) == 149
+    assert other[-1].startswith(b"n OK")
+
+
 async def test_shutdown_lets_a_streaming_fetch_finish(server: ImapServer) -> None:
     client = await connect(server, rcvbuf=64 * 1024)
     await client.command(b"s SELECT INBOX")

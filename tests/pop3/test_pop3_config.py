@@ -23,6 +23,7 @@ def test_defaults_serve_pop3_on_loopback_dev_ports() -> None:
     assert loaded.pop3.idle_timeout == 600.0  # RFC 1939 §3: 10 minutes
     assert [lst.kind for lst in all_listeners(loaded)] == [
         "relay", "submission", "submissions", "pop3", "pop3s", "imap", "imaps",
+        "http",
     ]
 
 

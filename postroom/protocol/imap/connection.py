@@ -19,7 +19,10 @@ about *budget* more octets (whole ``* n FETCH`` responses, at least
 one) before it hands them out, the tagged OK last. A driver that does
 not care calls ``data_to_send()`` or ``chunks_to_send()``, which render
 the rest at once; and ``next_event`` renders the rest before it reads
-the next command, so responses can never come out of order.
+the next command, so responses can never come out of order. An error
+from a message's loader comes out of whichever call was rendering
+(``respond``, ``chunks_to_send``, ``next_event``); the response cannot
+be completed then, and the driver should ``close()``.
 
 States (``State``), RFC 3501 §3::
 
