@@ -13,9 +13,11 @@ this process becomes a small supervisor (the shape of Postfix's master):
    of workers that a smaller ``workers`` setting no longer starts.
 3. It forks the workers. Each has its own event loop, its own spool
    (``w1``, ``w2``, ...) with its own fsync thread and lock, and its own
-   database connections; they share only the listening sockets, which
-   the kernel hands to whichever worker accepts first. Python holds one
-   core per process, so this is how a node uses a second core.
+   database connections; they share the listening sockets and a
+   ``LoadBoard`` (sessions per worker), with which a busy worker leaves
+   the next connection to a less busy one (``server/listening.py``).
+   Python holds one core per process, so this is how a node uses a
+   second core.
 4. It restarts a worker that dies (``kill -9`` included); the new worker
    recovers the dead one's spool before it accepts mail. A worker exits
    by itself when the supervisor dies (``PR_SET_PDEATHSIG``).
@@ -25,7 +27,7 @@ this process becomes a small supervisor (the shape of Postfix's master):
    With one worker, the engine runs in the worker's event loop instead
    and writes notices to the worker's spool.
 6. SIGTERM or SIGINT is passed on to every worker, which finishes the
-   transactions in flight (see ``SmtpServer.stop``); the supervisor exits
+   transactions in flight (see ``ListeningService.stop``); the supervisor exits
    once all of them have.
 """
 

@@ -25,7 +25,6 @@ servers read the same folders. ``INBOX`` is case-insensitive (RFC 3501
 
 from __future__ import annotations
 
-import base64
 import re
 import unicodedata
 from pathlib import Path
@@ -33,6 +32,11 @@ from pathlib import Path
 import idna
 
 from postroom.errors import BadMailboxName
+
+# Folder names are stored on disk in IMAP's modified UTF-7, as Dovecot
+# stores them; the one codec is the IMAP core's (strict: one spelling
+# per name), a pure function with no other tie to the protocol.
+from postroom.protocol.imap import utf7
 
 DELIMITER = "."
 INBOX = "INBOX"
@@ -149,7 +153,7 @@ def folder_name(name: str) -> str:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part):
             raise BadMailboxName(f"control character in {name!r}")
         _check_unicode(part.replace(" ", ""))
-    if len(encode_mutf7(name)) > MAX_FOLDER_NAME:
+    if len(utf7.encode(name)) > MAX_FOLDER_NAME:
         raise BadMailboxName("mailbox name too long")
     return DELIMITER.join(parts)
 
@@ -158,7 +162,7 @@ def folder_dir(maildir: Path, name: str) -> Path:
     """The directory of folder *name* (canonical) inside *maildir*."""
     if name == INBOX:
         return maildir
-    component = DELIMITER + encode_mutf7(name)
+    component = DELIMITER + utf7.encode(name)
     check_component(component[1:])
     return _inside(maildir, maildir / component)
 
@@ -169,59 +173,6 @@ def name_from_dir(dirname: str) -> str | None:
     if not dirname.startswith(DELIMITER) or dirname in (".", ".."):
         return None
     try:
-        return folder_name(decode_mutf7(dirname[1:]))
+        return folder_name(utf7.decode(dirname[1:]))
     except (BadMailboxName, ValueError):
         return None
-
-
-# -- modified UTF-7 (RFC 3501 §5.1.3) ---------------------------------------
-
-
-def encode_mutf7(text: str) -> str:
-    """*text* in IMAP's modified UTF-7: printable ASCII as itself ("&"
-    as "&-"), anything else base64 of UTF-16BE between "&" and "-",
-    with "," in place of "/"."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            b64 = base64.b64encode(raw).decode("ascii").rstrip("=")
-            out.append("&" + b64.replace("/", ",") + "-")
-            pending.clear()
-
-    for char in text:
-        if 0x20 <= ord(char) <= 0x7E:
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return "".join(out)
-
-
-def decode_mutf7(text: str) -> str:
-    """The inverse of ``encode_mutf7``; ValueError on malformed input."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char != "&":
-            if not 0x20 <= ord(char) <= 0x7E:
-                raise ValueError("non-ASCII in modified UTF-7")
-            out.append(char)
-            i += 1
-            continue
-        end = text.find("-", i + 1)
-        if end < 0:
-            raise ValueError("unterminated base64 in modified UTF-7")
-        chunk = text[i + 1 : end]
-        if not chunk:
-            out.append("&")
-        else:
-            b64 = chunk.replace(",", "/")
-            raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
-            out.append(raw.decode("utf-16-be"))
-        i = end + 1
-    return "".join(out)

@@ -44,6 +44,7 @@ from postroom.errors import (
 )
 from postroom.mailbox import maildir, names, quota
 from postroom.mailbox.messages import Changes, Mailbox, MessageInfo
+from postroom.protocol.imap import utf7
 
 __all__ = ["Changes", "FolderInfo", "MailStore", "Mailbox", "MessageInfo"]
 
@@ -107,11 +108,11 @@ class MailStore:
             defaults = [names.INBOX, *DEFAULT_FOLDERS]
             subscribed += [n for n in defaults if n not in subscribed]
             self._write_lines(
-                root / SUBSCRIPTIONS_FILE, [names.encode_mutf7(n) for n in subscribed]
+                root / SUBSCRIPTIONS_FILE, [utf7.encode(n) for n in subscribed]
             )
         # Written last: its presence means "set up" (see the docstring).
         roles = [
-            f"{role} {names.encode_mutf7(n)}" for n, role in DEFAULT_FOLDERS.items()
+            f"{role} {utf7.encode(n)}" for n, role in DEFAULT_FOLDERS.items()
         ]
         with self._locked(root / SPECIAL_USE_FILE):
             self._write_lines(root / SPECIAL_USE_FILE, roles)
@@ -270,7 +271,7 @@ class MailStore:
             else:
                 return
             self._write_lines(
-                root / SUBSCRIPTIONS_FILE, [names.encode_mutf7(n) for n in current]
+                root / SUBSCRIPTIONS_FILE, [utf7.encode(n) for n in current]
             )
 
     @contextlib.contextmanager
@@ -298,7 +299,7 @@ class MailStore:
         for line in _read_lines(root / SPECIAL_USE_FILE):
             role, _sep, encoded = line.partition(" ")
             with contextlib.suppress(ValueError, MailboxError):
-                roles[names.folder_name(names.decode_mutf7(encoded))] = role
+                roles[names.folder_name(utf7.decode(encoded))] = role
         return roles
 
     def _set_role(self, root: Path, name: str, role: str | None) -> None:
@@ -310,14 +311,14 @@ class MailStore:
                 roles[name] = role
             self._write_lines(
                 root / SPECIAL_USE_FILE,
-                [f"{r} {names.encode_mutf7(n)}" for n, r in roles.items()],
+                [f"{r} {utf7.encode(n)}" for n, r in roles.items()],
             )
 
     def _subscriptions(self, root: Path) -> list[str]:
         found = []
         for line in _read_lines(root / SUBSCRIPTIONS_FILE):
             with contextlib.suppress(ValueError, MailboxError):
-                found.append(names.folder_name(names.decode_mutf7(line)))
+                found.append(names.folder_name(utf7.decode(line)))
         return found
 
     def _write_lines(self, path: Path, lines: list[str]) -> None:

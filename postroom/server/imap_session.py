@@ -60,7 +60,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -70,6 +69,7 @@ from postroom.errors import MailboxError
 from postroom.protocol.imap import events as ev
 from postroom.protocol.imap.connection import ImapConnection, ImapOptions
 from postroom.protocol.imap.states import Mode, State
+from postroom.server import tls
 from postroom.server.imap_login import LoginGate, plaintext_allowed
 from postroom.server.imap_mailbox import ImapMailboxes, MailboxGone, Result
 
@@ -534,21 +534,14 @@ class ImapSession(asyncio.Protocol):
         context = self.server.tls_context
         assert core is not None and transport is not None and context is not None
         self._flush()
-        loop = asyncio.get_running_loop()
-        try:
-            new = await asyncio.wait_for(
-                loop.start_tls(transport, self, context, server_side=True),
-                timeout=self.server.config.imap.login_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.warning(
-                logs.event(
-                    "tls", client=self.peer, result="failed", error=type(e).__name__
-                )
-            )
-            transport.abort()
-            return
-        if new is None:  # pragma: no cover - connection went away
+        new = await tls.start_server_tls(
+            transport,
+            self,
+            context,
+            timeout=self.server.config.imap.login_timeout,
+            peer=self.peer,
+        )
+        if new is None:
             return
         self.transport = new
         log.info(logs.event("tls", client=self.peer, result="ok"))

@@ -27,7 +27,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from postroom.protocol.pop3 import events, responses
 from postroom.protocol.pop3.events import NEED_DATA, PAUSED
 from postroom.protocol.pop3.responses import Response
 from postroom.protocol.pop3.server import Options, ServerConnection
+from postroom.server import tls
 from postroom.server.pop3_maildrop import Maildrop
 from postroom.store import users
 
@@ -356,21 +356,10 @@ class Pop3Session(asyncio.Protocol):
         transport = self.transport
         context = self.server.tls_context
         assert core is not None and transport is not None and context is not None
-        loop = asyncio.get_running_loop()
-        try:
-            new = await asyncio.wait_for(
-                loop.start_tls(transport, self, context, server_side=True),
-                timeout=self._timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.warning(
-                logs.event(
-                    "tls", client=self.peer, result="failed", error=type(e).__name__
-                )
-            )
-            transport.abort()
-            return
-        if new is None:  # pragma: no cover - connection went away
+        new = await tls.start_server_tls(
+            transport, self, context, timeout=self._timeout, peer=self.peer
+        )
+        if new is None:
             return
         self.transport = new
         log.info(logs.event("tls", client=self.peer, result="ok"))

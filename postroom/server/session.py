@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from postroom.protocol.smtp.events import NEED_DATA, PAUSED
 from postroom.protocol.smtp.replies import Reply
 from postroom.protocol.smtp.server import ServerConnection, ServerOptions, State
 from postroom.queue.envelope import Envelope, Recipient
-from postroom.server import received
+from postroom.server import received, tls
 
 if TYPE_CHECKING:
     from postroom.config import Listener
@@ -634,21 +633,14 @@ class SmtpSession(asyncio.Protocol):
         transport = self.transport
         context = self.server.tls_context
         assert core is not None and transport is not None and context is not None
-        loop = asyncio.get_running_loop()
-        try:
-            new = await asyncio.wait_for(
-                loop.start_tls(transport, self, context, server_side=True),
-                timeout=self.server.config.smtp.command_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.warning(
-                logs.event(
-                    "tls", client=self.peer, result="failed", error=type(e).__name__
-                )
-            )
-            transport.abort()
-            return
-        if new is None:  # pragma: no cover - connection went away
+        new = await tls.start_server_tls(
+            transport,
+            self,
+            context,
+            timeout=self.server.config.smtp.command_timeout,
+            peer=self.peer,
+        )
+        if new is None:
             return
         self.transport = new
         self._tls_info = _describe_tls(new.get_extra_info("ssl_object"))

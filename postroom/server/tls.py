@@ -18,10 +18,12 @@ the setting and the file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import fcntl
 import ipaddress
+import logging
 import os
 import ssl
 from collections.abc import Iterator
@@ -34,8 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from postroom import logs
 from postroom.config import Config
 from postroom.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CERT_NAME = "self-signed.crt"
 KEY_NAME = "self-signed.key"
@@ -273,3 +278,34 @@ def _reason(error: Exception) -> str:
     if isinstance(error, ssl.SSLError) and error.reason:
         return error.reason.lower().replace("_", " ")
     return str(error)
+
+
+async def start_server_tls(
+    transport: asyncio.Transport,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    *,
+    timeout: float,
+    peer: str,
+) -> asyncio.Transport | None:
+    """The server side of STARTTLS/STLS, shared by the SMTP, POP3 and
+    IMAP sessions: the handshake on *transport*, bounded by *timeout*.
+
+    Returns the TLS transport, or None when the handshake failed or the
+    client went away; the failure is logged and the connection aborted,
+    since after a failed handshake neither side knows what the other
+    has seen (RFC 3207 §4.1 leaves the session unusable).
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        new = await asyncio.wait_for(
+            loop.start_tls(transport, protocol, context, server_side=True),
+            timeout=timeout,
+        )
+    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+        log.warning(
+            logs.event("tls", client=peer, result="failed", error=type(e).__name__)
+        )
+        transport.abort()
+        return None
+    return new

@@ -10,6 +10,7 @@ import pytest
 from postroom.errors import BadMailboxName
 from postroom.mailbox import names
 from postroom.mailbox.store import MailStore
+from postroom.protocol.imap import utf7
 
 USER = "alice@example.test"
 
@@ -122,12 +123,12 @@ def test_folder_directories(
     ],
 )
 def test_mutf7_round_trip(text: str) -> None:
-    assert names.decode_mutf7(names.encode_mutf7(text)) == text
+    assert utf7.decode(utf7.encode(text)) == text
 
 
 def test_mutf7_matches_rfc_3501_example() -> None:
     # RFC 3501 §5.1.3.
-    assert names.encode_mutf7("~peter/mail/台北/日本語") == (
+    assert utf7.encode("~peter/mail/台北/日本語") == (
         "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
     )
 
@@ -135,4 +136,4 @@ def test_mutf7_matches_rfc_3501_example() -> None:
 @pytest.mark.parametrize("bad", ["&", "&Jjo", "&***-", "é"])
 def test_malformed_mutf7_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
-        names.decode_mutf7(bad)
+        utf7.decode(bad)
