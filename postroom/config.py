@@ -249,6 +249,27 @@ class HttpConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    """The Event Webhook sender (``postroom/webhooks``); see
+    docs/configuration.md. Endpoints themselves are rows, managed with
+    ``postroom webhook`` or the API.
+
+    A failed post is tried again after ``retry_first`` seconds, doubling
+    up to ``retry_max``; an endpoint failing for longer than
+    ``give_up_after`` seconds (0: never) skips the batch it was stuck on
+    (SendGrid gives up after 24 hours too).
+    """
+
+    enabled: bool = True
+    batch_size: int = 500
+    poll_interval: float = 1.0
+    timeout: float = 10.0
+    retry_first: float = 10.0
+    retry_max: float = 600.0
+    give_up_after: float = 86400.0
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
 
@@ -271,6 +292,30 @@ class MailboxConfig:
 
 
 @dataclass
+class CampaignsConfig:
+    """Contacts and double opt-in (``postroom/campaigns``); see
+    docs/configuration.md.
+
+    ``sender``: From of confirmation mails ("" means
+    ``postmaster@<hostname>``). ``confirm_url_base``: what confirmation
+    links start with, the public address of the HTTP API ("" means
+    ``http://<http.address>``). ``confirm_ttl``: seconds a link stays
+    good.
+    """
+
+    sender: str = ""
+    sender_name: str = ""
+    confirm_url_base: str = ""
+    confirm_ttl: int = 7 * 24 * 3600
+
+    def sender_address(self, hostname: str) -> str:
+        return self.sender or f"postmaster@{hostname}"
+
+    def url_base(self, http: HttpConfig) -> str:
+        return (self.confirm_url_base or f"http://{http.address}").rstrip("/")
+
+
+@dataclass
 class Config:
     data_dir: str = "postroom-data"
     hostname: str = "localhost"
@@ -282,8 +327,10 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     mailauth: MailauthConfig = field(default_factory=MailauthConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     log: LogConfig = field(default_factory=LogConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
 
     # Derived paths: one place decides where things live under data_dir.
 
@@ -543,6 +590,11 @@ def _validate(config: Config) -> None:
     _validate_nameservers("mailauth.nameservers", config.mailauth.nameservers)
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls: cert_file and key_file go together")
+    if config.campaigns.confirm_ttl < 60:
+        raise ConfigError("campaigns.confirm_ttl: must be at least 60 seconds")
+    base = config.campaigns.confirm_url_base
+    if base and not base.startswith(("http://", "https://")):
+        raise ConfigError("campaigns.confirm_url_base: must start with http(s)://")
 
 
 def _validate_delivery(delivery: DeliveryConfig) -> None:

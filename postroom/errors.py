@@ -23,6 +23,9 @@ Every error we raise on purpose derives from ``PostroomError``::
     ├── TemplateError        a stored template could not be compiled or
     │   │                    rendered (syntax, unsafe access, bad data)
     │   └── UnknownTemplate  no template, or no such version of it
+    ├── ContactError         a contact, list, field or segment operation
+    │   │                    was refused (bad address, bad value, bad file)
+    │   └── UnknownContact   no contact, list or segment with that id
     ├── AuthError            a credential check could not be carried out (a
     │                        broken hash, the database down): a temporary
     │                        failure, unlike a wrong password, which is a
@@ -115,6 +118,20 @@ class TemplateError(PostroomError):
 
 class UnknownTemplate(TemplateError):
     """No template (or template version) has the given id."""
+
+
+class ContactError(PostroomError):
+    """A contact, list, custom field or segment could not be stored or
+    read as asked. ``str()`` is one line; ``field`` names the offending
+    field where there is one (the API's field path)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownContact(ContactError):
+    """No contact, list or segment has the given id or address."""
 
 
 class AuthError(PostroomError):

@@ -45,6 +45,10 @@ EVENTS = frozenset(
         "stopping",
         "auth",
         "tls",
+        # A contact confirmed its subscription (campaigns/optin.py).
+        "confirmed",
+        # A suppressed recipient left out of a message (api/mailsend/suppress.py).
+        "dropped",
     }
 )
 

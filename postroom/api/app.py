@@ -28,10 +28,21 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom import __version__
-from postroom.api import errors
+from postroom.api import confirm, errors, marketing
 from postroom.api.context import ApiContext
 from postroom.api.mailsend.model import MailSend
-from postroom.api.v3 import api_keys, mail_send
+from postroom.api.v3 import (
+    api_keys,
+    asm_groups,
+    events,
+    mail_send,
+    marketing_contacts,
+    marketing_fields,
+    marketing_lists,
+    marketing_segments,
+    suppression_lists,
+    webhooks,
+)
 
 
 def create_app(context: ApiContext) -> FastAPI:
@@ -46,6 +57,14 @@ def create_app(context: ApiContext) -> FastAPI:
     errors.install(app)
     app.include_router(mail_send.router)
     app.include_router(api_keys.router)
+    # The event store, webhook endpoints, suppression lists.
+    for module in (events, webhooks, suppression_lists, asm_groups):
+        app.include_router(module.router)
+    for endpoint in (marketing_contacts, marketing_lists, marketing_fields,
+                     marketing_segments):
+        app.include_router(endpoint.router)
+    # The page a confirmation link opens (double opt-in); no key.
+    app.include_router(confirm.router)
     app.add_middleware(BodyLimit, limit=context.config.http.max_request_size)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -65,6 +84,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["MailSend"] = body
+        # The marketing endpoints' bodies (contacts, lists, segments).
+        components.update(marketing.SCHEMAS)
         app.openapi_schema = schema
     return app.openapi_schema
 

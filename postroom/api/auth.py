@@ -67,6 +67,10 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
 # The keys endpoints take, as annotations: ``key: MailSendKey``.
 MailSendKey = Annotated[ApiKey, Depends(require(keys.MAIL_SEND))]
 ApiKeysKey = Annotated[ApiKey, Depends(require(keys.API_KEYS))]
+MarketingKey = Annotated[ApiKey, Depends(require(keys.MARKETING))]
+EventsKey = Annotated[ApiKey, Depends(require(keys.EVENTS_READ))]
+WebhooksKey = Annotated[ApiKey, Depends(require(keys.WEBHOOKS))]
+SuppressionsKey = Annotated[ApiKey, Depends(require(keys.SUPPRESSIONS))]
 
 
 def _challenge() -> dict[str, str]:

@@ -37,8 +37,16 @@ from postroom.store.api_keys import ApiKey
 
 MAIL_SEND = "mail.send"
 API_KEYS = "api_keys"
+# Contacts, lists, custom fields, segments (/v3/marketing/...).
+MARKETING = "marketing"
+# The event store (/v3/events), webhook endpoints, suppression lists.
+EVENTS_READ = "events.read"
+WEBHOOKS = "webhooks"
+SUPPRESSIONS = "suppressions"
 FULL = "full"
-SCOPES = (MAIL_SEND, API_KEYS, FULL)
+SCOPES = (
+    MAIL_SEND, API_KEYS, MARKETING, EVENTS_READ, WEBHOOKS, SUPPRESSIONS, FULL
+)
 
 PREFIX = "SG."
 _ID_BYTES = 16

@@ -18,7 +18,20 @@ from collections.abc import Sequence
 import sqlalchemy
 
 from postroom import __version__
-from postroom.cli import alias, apikey, dkim, queue, send, serve, template, user
+from postroom.cli import (
+    alias,
+    apikey,
+    contacts,
+    dkim,
+    lists,
+    queue,
+    send,
+    serve,
+    suppress,
+    template,
+    user,
+    webhook,
+)
 from postroom.errors import PostroomError
 
 
@@ -39,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (serve, send, queue, user, alias, dkim, template, apikey):
+    for module in (serve, send, queue, user, alias, dkim, template, apikey,
+                   contacts, lists, webhook, suppress):
         module.register(sub)
     return parser
 

@@ -25,7 +25,9 @@ this process becomes a small supervisor (the shape of Postfix's master):
    notices it writes), the queue manager of ``delivery/engine.py``,
    unless ``delivery.enabled`` is off; it is restarted like a worker.
    With one worker, the engine runs in the worker's event loop instead
-   and writes notices to the worker's spool.
+   and writes notices to the worker's spool. The webhook sender
+   (``webhooks/sender.py``) runs beside the engine, so exactly one
+   process posts events.
 6. SIGTERM or SIGINT is passed on to every worker, which finishes the
    transactions in flight (see ``ListeningService.stop``); the supervisor exits
    once all of them have.
@@ -218,10 +220,14 @@ async def _worker(
     )
     http = await _start_http(config, sockets, engine, spool, server)
     delivery = None
+    hooks = None
     if workers == 1 and config.delivery.enabled:
         from postroom.delivery.service import start_engine
+        from postroom.webhooks.sender import start_sender
 
         delivery = await start_engine(config, engine, spool)
+        # Where the engine runs, so that one process posts webhooks.
+        hooks = await start_sender(config.webhooks, engine)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,6 +236,8 @@ async def _worker(
     if workers == 1:
         _announce(config)
     await stop.wait()
+    if hooks is not None:
+        await hooks.stop()
     if delivery is not None:
         await delivery.stop()
     if http is not None:
@@ -304,10 +312,12 @@ async def _start_mailbox_servers(
 
 
 async def _delivery_process(config: Config) -> int:
-    """The delivery engine alone, with spool ``d1`` for its notices."""
+    """The delivery engine alone, with spool ``d1`` for its notices,
+    and the webhook sender (one per node: see webhooks/sender.py)."""
     from postroom.delivery.service import start_engine
     from postroom.queue.spool import Spool
     from postroom.store.db import create_engine
+    from postroom.webhooks.sender import start_sender
 
     engine = create_engine(config.database_url)
     spool = Spool(
@@ -319,11 +329,14 @@ async def _delivery_process(config: Config) -> int:
     )
     await spool.start()
     delivery = await start_engine(config, engine, spool)
+    hooks = await start_sender(config.webhooks, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if hooks is not None:
+        await hooks.stop()
     await delivery.stop()
     await spool.close()
     engine.dispose()

@@ -34,9 +34,9 @@ Each transaction's per-recipient results are *settled*:
 
 A notice is committed to the spool (durable) *before* the recipient's
 final state is recorded, so a crash between the two sends it twice
-rather than never. The states and an ``attempts`` row per recipient are
-written in one batch per turn of the event loop; a message with no
-pending recipient left is ``removed``.
+rather than never. The states, an ``attempts`` row and an event per
+recipient (``ledger.record``) are written in one batch per turn of the
+event loop; a message with no pending recipient left is ``removed``.
 
 At-least-once: a recipient is recorded delivered only after the remote
 server's 250. If the process dies between that reply and the write
@@ -62,7 +62,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from postroom import ids, logs
+from postroom import events, ids, logs
 from postroom.clock import Clock
 from postroom.config import Config
 from postroom.delivery import ledger
@@ -527,6 +527,7 @@ class DeliveryEngine:
         duration = time.monotonic() - began
         # A scheduled message ages from its send time, not its arrival.
         age = now - max(message.received_at, message.envelope.not_before)
+        meta = events.meta_of(message.envelope)
         changes: list[Change] = []
         failed: list[tuple[DueRecipient, Result]] = []
         delayed: list[tuple[DueRecipient, Result]] = []
@@ -582,6 +583,8 @@ class DeliveryEngine:
                         "reply": "\n".join(reply.lines),
                         "tls": tls,
                     },
+                    address=rcpt.recipient.address,
+                    meta=meta,
                 )
             )
             log.info(

@@ -9,7 +9,11 @@ Three questions and one answer go through here:
 - ``record``: the outcome of attempts. Each recipient's row gets its new
   state, next due time and last reply; an ``attempts`` row keeps the
   whole story; a message left with no pending recipient becomes
-  ``removed`` (its segment is then collectable).
+  ``removed`` (its segment is then collectable). In the same
+  transaction each change's event is appended (``delivered``,
+  ``deferred``, ``bounce``: postroom/events.py) and a hard bounce puts
+  the address on the bounce list (postroom/suppressions.py), so no
+  result is ever recorded without its event.
 - ``wake``: a destination answered again, so its deferred recipients
   are due now (RFC 5321 §4.5.4.1 leaves retry order to us; Postfix does
   the same when a site comes back).
@@ -31,6 +35,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from postroom import events, suppressions
+from postroom.delivery import classify
 from postroom.queue.envelope import Envelope, Recipient
 from postroom.store import queue as tables
 
@@ -90,6 +96,11 @@ class Change:
     warned: bool
     last_reply: str
     attempt: dict[str, Any] | None = None
+    # For the event the change reports (postroom/events.py): the
+    # recipient's address and its message's ``events.Meta``; a change
+    # without them (tests of the ledger alone) records no event.
+    address: str = ""
+    meta: events.Meta | None = None
 
 
 _R = tables.recipients
@@ -219,6 +230,13 @@ def record(
         ]
         if attempt_rows:
             cursor.executemany(_sql(_INSERT_ATTEMPT, qmark), attempt_rows)
+        # The events and hard-bounce suppressions the changes make, in
+        # the same transaction: a result is never recorded without its
+        # event, nor an event without its result.
+        event_rows, bounced = _events_of(changes)
+        events.insert_rows(cursor, event_rows, qmark=qmark)
+        if bounced:
+            cursor.executemany(suppressions.add_rows_sql(qmark), bounced)
         done = set(complete)
         candidates = {
             c.queue_id
@@ -234,6 +252,67 @@ def record(
     finally:
         cursor.close()
     return removed
+
+
+# Failure classes that say the address itself cannot receive mail.
+_HARD = (classify.BAD_MAILBOX, classify.BAD_DOMAIN)
+
+
+def _events_of(
+    changes: Sequence[Change],
+) -> tuple[list[events.Row], list[tuple[object, ...]]]:
+    """The event row of each change that reports an attempt, and a
+    bounce-list row for each hard bounce (see postroom/suppressions.py
+    for which bounces those are)."""
+    rows: list[events.Row] = []
+    bounced: list[tuple[object, ...]] = []
+    for c in changes:
+        attempt = c.attempt
+        if attempt is None or c.meta is None:
+            continue
+        when = attempt["started_at"] + attempt["duration"]
+        if c.state == tables.DELIVERED:
+            rows.append(
+                events.row(
+                    events.Kind.DELIVERED, when, c.meta, c.queue_id, c.idx,
+                    c.address, response=c.last_reply,
+                )
+            )
+        elif c.state == tables.BOUNCED:
+            code = attempt["code"]
+            status = attempt["enhanced"] or f"{code // 100}.0.0"
+            hard = code >= 500 and attempt["failure"] in _HARD
+            rows.append(
+                events.row(
+                    events.Kind.BOUNCE, when, c.meta, c.queue_id, c.idx,
+                    c.address, reason=c.last_reply, status=status,
+                    extra={
+                        # SendGrid's split: "bounce" for the address,
+                        # "blocked" for everything else.
+                        "type": "bounce" if hard else "blocked",
+                        "bounce_classification": attempt["failure"],
+                    },
+                )
+            )
+            if hard:
+                bounced.append(
+                    (
+                        suppressions.normalize(c.address),
+                        suppressions.BOUNCE,
+                        0,
+                        when,
+                        c.last_reply,
+                        status,
+                    )
+                )
+        else:
+            rows.append(
+                events.row(
+                    events.Kind.DEFERRED, when, c.meta, c.queue_id, c.idx,
+                    c.address, response=c.last_reply, attempt=c.attempts,
+                )
+            )
+    return rows, bounced
 
 
 _TAKE = "UPDATE recipients SET state = 'active' WHERE queue_id = ? AND idx = ?"

@@ -71,7 +71,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from postroom import logs
+from postroom import events, logs
 from postroom.errors import SpoolError
 from postroom.queue import journal
 from postroom.queue.directory import Connection, SpoolDirectory, is_busy
@@ -118,6 +118,7 @@ class _Commit:
     length: int  # of the whole record
     row: tuple[object, ...]  # tables.message_row: all but the place
     recipients: list[tuple[object, ...]]
+    processed: list[events.Row]  # its "processed" events
     future: asyncio.Future[None]
     offset: int = 0
 
@@ -238,6 +239,7 @@ class CommitPipeline:
                 length,
                 tables.message_row(self._name, envelope, env_json, size, length),
                 tables.new_recipient_rows(envelope),
+                events.processed_rows(envelope),
                 future,
             )
         )
@@ -388,6 +390,9 @@ class CommitPipeline:
                     [(*i.row, batch.segment, i.offset) for i in batch.items],
                     [row for i in batch.items for row in i.recipients],
                 )
+                # "processed" commits with the rows that queue the
+                # message: accepted and announced, or neither.
+                events.record(conn, [e for i in batch.items for e in i.processed])
         except Exception as e:
             if is_busy(e) and self._index_later(batch):
                 return

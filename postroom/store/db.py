@@ -34,9 +34,13 @@ def create_engine(url: str) -> sa.Engine:
     # Import the table modules so that their tables join ``metadata``.
     from postroom.store import aliases as _aliases  # noqa: F401
     from postroom.store import api_keys as _api_keys  # noqa: F401
+    from postroom.store import contacts as _contacts  # noqa: F401
+    from postroom.store import events as _events  # noqa: F401
     from postroom.store import queue as _queue  # noqa: F401
+    from postroom.store import suppressions as _suppressions  # noqa: F401
     from postroom.store import templates as _templates  # noqa: F401
     from postroom.store import users as _users  # noqa: F401
+    from postroom.store import webhooks as _webhooks  # noqa: F401
 
     kwargs: dict[str, Any] = {}
     database = sa.engine.make_url(url).database

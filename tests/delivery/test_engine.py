@@ -468,3 +468,51 @@ async def test_success_notice_only_when_the_next_hop_cannot_relay_it(
     ).as_string()
     assert "a@old.test" in status and "Action: relayed" in status
     assert "b@new.test" not in status
+
+
+# -- events and the bounce list (postroom/events.py, suppressions.py) -----
+
+
+def recorded_events(world: World, queue_id: str) -> list[tuple[str, str, str | None]]:
+    from postroom.store.events import events as ev
+
+    with world.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(ev.c.kind, ev.c.recipient, ev.c.status)
+            .where(ev.c.queue_id == queue_id)
+            .order_by(ev.c.id)
+        ).all()
+    return [(r.kind, r.recipient, r.status) for r in rows]
+
+
+async def test_each_result_is_an_event_and_hard_bounces_are_listed(
+    world: World,
+) -> None:
+    from postroom import suppressions
+
+    spam = Reply.of(554, "5.7.1", "Message rejected as spam")
+    world.providers.script["x@one.test"] = [UNKNOWN]
+    world.providers.script["s@one.test"] = [spam]
+    world.providers.script["later@one.test"] = [LATER]
+    qid = await world.queue("x@one.test", "s@one.test", "later@one.test", "ok@one.test")
+    await world.engine.run_until_idle()
+
+    found = recorded_events(world, qid)
+    assert found[:4] == [
+        ("processed", "x@one.test", None),
+        ("processed", "s@one.test", None),
+        ("processed", "later@one.test", None),
+        ("processed", "ok@one.test", None),
+    ]
+    assert sorted(found[4:]) == [
+        ("bounce", "s@one.test", "5.7.1"),
+        ("bounce", "x@one.test", "5.1.1"),
+        ("deferred", "later@one.test", None),
+        ("delivered", "ok@one.test", None),
+    ]
+    with world.db.connect() as conn:
+        # A bad mailbox is the address's fault; a spam block is not.
+        assert suppressions.is_suppressed(conn, "x@one.test")
+        assert not suppressions.is_suppressed(conn, "s@one.test")
+        [entry] = suppressions.entries(conn, suppressions.BOUNCE)
+    assert entry.status == "5.1.1" and "No such user" in (entry.reason or "")
