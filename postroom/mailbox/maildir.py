@@ -76,6 +76,11 @@ def flags_from_info(info: str | None, keywords: Mapping[int, str]) -> frozenset[
     """IMAP flags for *info*; *keywords* maps keyword numbers to names."""
     if not info:
         return frozenset()
+    # Nearly every message has only system flags ("S", "RS", ...): those
+    # few spellings are cached, since a mailbox open reads one per file.
+    cached = _SYSTEM_ONLY.get(info)
+    if cached is not None:
+        return cached
     flags = set()
     for letter in info:
         if letter in _FLAG_FOR_LETTER:
@@ -84,7 +89,14 @@ def flags_from_info(info: str | None, keywords: Mapping[int, str]) -> frozenset[
             keyword = keywords.get(ord(letter) - ord("a"))
             if keyword is not None:
                 flags.add(keyword)
-    return frozenset(flags)
+    result = frozenset(flags)
+    if len(_SYSTEM_ONLY) < 256 and all(c in _FLAG_FOR_LETTER for c in info):
+        _SYSTEM_ONLY[info] = result
+    return result
+
+
+# info letters -> flags, for infos of system flags only (see above).
+_SYSTEM_ONLY: dict[str, frozenset[str]] = {}
 
 
 def info_for(
