@@ -106,7 +106,9 @@ class Mailbox:
         self._infos: list[MessageInfo] | None = None
         #: UIDs this session is the first to see (RFC 3501 \Recent).
         self.recent: set[int] = set()
-        self.refresh()
+        # The first view is the whole folder: nothing to report as news,
+        # so no MessageInfo is built for it (messages() builds them).
+        self._refresh(report=False)
 
     def close(self) -> None:
         self._index.close()
@@ -128,6 +130,9 @@ class Mailbox:
 
     def refresh(self) -> Changes:
         """Pick up changes made by anyone since this object's last refresh."""
+        return self._refresh(report=True)
+
+    def _refresh(self, *, report: bool) -> Changes:
         stamp = self._read_stamp()
         if stamp is not None and stamp == self._stamp:
             return Changes()
@@ -145,7 +150,8 @@ class Mailbox:
         for uid, row in rows.items():
             old = self._view.get(uid)
             if old is None:
-                changes.new.append(self._info(row))
+                if report:
+                    changes.new.append(self._info(row))
             elif old.name != row.name:
                 changes.flags.append(self._info(row))
             self._view[uid] = row
