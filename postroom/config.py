@@ -539,7 +539,8 @@ def listener_setting(kind: str) -> str:
 def parse_host_port(name: str, address: str) -> tuple[str, int]:
     """Split ``host:port`` or ``[v6]:port``; raise ConfigError if malformed."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not digits or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{name}: expected host:port, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -30,6 +30,11 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# The largest integer the databases store (SQLite and PostgreSQL BIGINT):
+# ids, offsets and cursors from a client are bounded by it, so that a
+# huge number is a 400 rather than an overflow deep in the driver.
+SQL_INT_MAX = 2**63 - 1
+
 
 class ApiError(Exception):
     """An answer other than success: *status* and its problems, each

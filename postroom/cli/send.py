@@ -316,8 +316,9 @@ def parse_server(text: str, implicit_tls: bool) -> tuple[str, int]:
         host, port = text, None  # a bare IPv6 address or a plain name
     if not host:
         raise SendError(f"--server {text!r}: no host")
-    number = int(port) if port and port.isdigit() else default
-    if port is not None and (not port.isdigit() or not 0 < number < 65536):
+    number = int(port) if port and port.isascii() and port.isdigit() else default
+    digits = port is not None and port.isascii() and port.isdigit()
+    if port is not None and (not digits or not 0 < number < 65536):
         raise SendError(f"--server {text!r}: bad port")
     return host, number
 

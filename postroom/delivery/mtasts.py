@@ -367,7 +367,7 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
         return await _read_chunked(reader)
     if "content-length" in headers:
         length = headers["content-length"]
-        if not length.isdigit() or int(length) > MAX_POLICY_SIZE:
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_POLICY_SIZE:
             raise PolicyError(f"bad or too large Content-Length {length!r}")
         return await reader.readexactly(int(length))
     body = bytearray()
@@ -381,7 +381,11 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if (
+        len(parts) < 2
+        or not parts[0].startswith("HTTP/1.")
+        or not (parts[1].isascii() and parts[1].isdigit())
+    ):
         raise PolicyError(f"malformed status line {lines[0][:80]!r}")
     headers = {}
     for line in lines[1:]:
@@ -450,7 +454,7 @@ def parse_policy(body: bytes, policy_id: str) -> Policy:
     if mode not in MODES:
         raise PolicyError(f"unknown mode {mode!r}")
     max_age = fields.get("max_age", "")
-    if not max_age.isdigit() or len(max_age) > 10:
+    if not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10:
         raise PolicyError(f"bad max_age {max_age!r}")
     if mode != NONE and not mx:
         raise PolicyError(f"mode {mode} without mx")

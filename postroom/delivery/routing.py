@@ -516,7 +516,8 @@ def _parse_host(setting: str, item: str) -> tuple[str, int]:
         host, sep, port_text = item.rpartition(":")
         if not sep:
             host, port_text = item, ""
-    if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+    digits = port_text.isascii() and port_text.isdigit()
+    if port_text and (not digits or not 0 < int(port_text) < 65536):
         raise ConfigError(f"{setting}: expected host:port, got {item!r}")
     if not host:
         raise ConfigError(f"{setting}: expected host:port, got {item!r}")

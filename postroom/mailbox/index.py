@@ -388,7 +388,7 @@ def next_uidvalidity(user_maildir: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        last = int(text) if text.isdigit() else 0
+        last = int(text) if text.isascii() and text.isdigit() else 0
         # 32 bits (RFC 3501 §9, nz-number): time fits until 2106.
         value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
         data = f"{value}\n".encode()

@@ -67,7 +67,7 @@ def split_name(filename: str) -> tuple[str, str | None]:
 def size_from_name(base: str) -> int | None:
     """The ``,S=<size>`` of a base name, or None if it has none."""
     for field in base.split(",")[1:]:
-        if field.startswith("S=") and field[2:].isdigit():
+        if field.startswith("S=") and field[2:].isascii() and field[2:].isdigit():
             return int(field[2:])
     return None
 

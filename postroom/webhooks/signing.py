@@ -60,7 +60,7 @@ def verify(
     """Whether *signature* (the header's value) signs *body* at
     *timestamp* (the other header's value) with *secret*, and the
     timestamp is within *tolerance* seconds of *now*."""
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdigit()):
         return False
     when = int(timestamp)
     current = time.time() if now is None else now

@@ -334,6 +334,8 @@ MAIL_REFUSED = [
     ("MAIL FROM:<alice@example.org>SIZE=10", BAD_SENDER),
     ("MAIL FROM:<a@example.org> SIZE=36700161", replies.MESSAGE_TOO_BIG),
     ("MAIL FROM:<a@example.org> SIZE=ten", BAD_VALUE),
+    # "²".isdigit() is true but int("²") fails: digits must be ASCII.
+    ("MAIL FROM:<a@example.org> SMTPUTF8 SIZE=\u00b2", BAD_VALUE),
     ("MAIL FROM:<a@example.org> SIZE", BAD_VALUE),
     ("MAIL FROM:<a@example.org> BODY=9BIT", BAD_VALUE),
     ("MAIL FROM:<a@example.org> SMTPUTF8=yes", BAD_VALUE),

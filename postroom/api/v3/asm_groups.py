@@ -23,13 +23,15 @@ import asyncio
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from postroom import suppressions
 from postroom.api.auth import SuppressionsKey
-from postroom.api.errors import ApiError, problems_of
+from postroom.api.errors import SQL_INT_MAX, ApiError, problems_of
 from postroom.suppressions import Group
+
+GroupId = Annotated[int, Path(ge=1, le=SQL_INT_MAX)]
 
 router = APIRouter()
 
@@ -116,7 +118,7 @@ async def list_groups(request: Request, _key: SuppressionsKey) -> list[dict[str,
 
 @router.get("/v3/asm/groups/{group_id}", summary="Show a group")
 async def show_group(
-    group_id: int, request: Request, _key: SuppressionsKey
+    group_id: GroupId, request: Request, _key: SuppressionsKey
 ) -> dict[str, Any]:
     def read(conn: sa.Connection) -> dict[str, Any] | None:
         g = suppressions.group(conn, group_id)
@@ -133,7 +135,7 @@ async def show_group(
 
 @router.patch("/v3/asm/groups/{group_id}", summary="Change a group")
 async def change_group(
-    group_id: int, request: Request, _key: SuppressionsKey
+    group_id: GroupId, request: Request, _key: SuppressionsKey
 ) -> dict[str, Any]:
     body: GroupChange = await _body(request, GroupChange)
     found = await _run(
@@ -151,7 +153,7 @@ async def change_group(
 
 @router.delete("/v3/asm/groups/{group_id}", status_code=204, summary="Delete a group")
 async def delete_group(
-    group_id: int, request: Request, _key: SuppressionsKey
+    group_id: GroupId, request: Request, _key: SuppressionsKey
 ) -> Response:
     if not await _run(
         request, lambda c: suppressions.delete_group(c, group_id), write=True
@@ -162,7 +164,7 @@ async def delete_group(
 
 @router.get("/v3/asm/groups/{group_id}/suppressions", summary="A group's list")
 async def group_list(
-    group_id: int, request: Request, _key: SuppressionsKey
+    group_id: GroupId, request: Request, _key: SuppressionsKey
 ) -> list[str]:
     def read(conn: sa.Connection) -> list[str] | None:
         if suppressions.group(conn, group_id) is None:
@@ -185,7 +187,7 @@ async def group_list(
     summary="Unsubscribe addresses from a group",
 )
 async def group_add(
-    group_id: int, request: Request, _key: SuppressionsKey
+    group_id: GroupId, request: Request, _key: SuppressionsKey
 ) -> dict[str, Any]:
     body: Recipients = await _body(request, Recipients)
 
@@ -209,7 +211,7 @@ async def group_add(
     summary="Resubscribe an address to a group",
 )
 async def group_remove(
-    group_id: int, email: str, request: Request, _key: SuppressionsKey
+    group_id: GroupId, email: str, request: Request, _key: SuppressionsKey
 ) -> Response:
     removed = await _run(
         request,

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Query, Request
 
 from postroom import events
 from postroom.api.auth import EventsKey
-from postroom.api.errors import ApiError
+from postroom.api.errors import SQL_INT_MAX, ApiError
 
 router = APIRouter()
 
@@ -43,7 +43,7 @@ async def list_events(
     start: Annotated[float | None, Query(alias="from")] = None,
     end: Annotated[float | None, Query(alias="to")] = None,
     email: str | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     kinds = kind or []

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from postroom.api import inject, marketing
 from postroom.api.auth import MarketingKey
 from postroom.api.context import ApiContext
-from postroom.api.errors import ApiError
+from postroom.api.errors import SQL_INT_MAX, ApiError
 from postroom.campaigns import contacts, lists, optin, segments
 from postroom.campaigns.contacts import ContactInput
 from postroom.errors import ContactError
@@ -106,7 +106,7 @@ async def upsert(request: Request, _key: MarketingKey) -> dict[str, Any]:
 async def list_contacts(
     request: Request, _key: MarketingKey, limit: int = 50, offset: int = 0,
 ) -> dict[str, Any]:
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= SQL_INT_MAX:
         raise ApiError(400, [(f"limit is 1 to {MAX_PAGE}, offset 0 or more",
                               "limit")])
 

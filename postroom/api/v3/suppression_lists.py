@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from postroom import suppressions
 from postroom.api.auth import SuppressionsKey
-from postroom.api.errors import ApiError, problems_of
+from postroom.api.errors import SQL_INT_MAX, ApiError, problems_of
 
 router = APIRouter()
 
@@ -79,7 +79,7 @@ async def list_entries(
     end_time: float | None = None,
     email: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 500,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
 ) -> list[dict[str, Any]]:
     kind = _kind(name)
 

@@ -84,7 +84,7 @@ def _engine(request: Request) -> sa.Engine:
 
 
 def _id(webhook_id: str) -> int:
-    if not webhook_id.isdigit():
+    if not (webhook_id.isascii() and webhook_id.isdigit()):
         raise ApiError(404, [("no such webhook", "id")])
     return int(webhook_id)
 

@@ -317,7 +317,7 @@ def parse_date_time(text: str) -> dt.datetime:
         or text[20] != " "
         or text[21] not in "+-"
         or text[0] not in " 0123"
-        or not text[22:26].isdigit()
+        or not (text[22:26].isascii() and text[22:26].isdigit())
     ):
         raise ValueError(text)
     day = int(text[0:2].strip())

@@ -41,7 +41,7 @@ def _flag(name: str, value: str | None) -> None:
 
 def _size(p: MailParams, value: str | None, ctx: Context) -> None:
     # RFC 1870 §6: refuse at MAIL when the declared size is too big.
-    if value is None or not value.isdigit() or len(value) > 20:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
         raise _bad("SIZE")
     p.size = int(value)
     if p.size > ctx.max_message_size:

@@ -589,7 +589,7 @@ class ServerConnection:
         parts = arg.split(" ")
         if (
             not 1 <= len(parts) <= 2
-            or not parts[0].isdigit()
+            or not (parts[0].isascii() and parts[0].isdigit())
             or len(parts[0]) > 18
             or (len(parts) == 2 and parts[1].upper() != "LAST")
         ):
